@@ -1,0 +1,66 @@
+"""Shared by the benchmarks: a PostgreSQL to run against and small process helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import statistics
+import tempfile
+import time
+import urllib.request
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    """BENCH_DATABASE_URL when set, otherwise a throwaway embedded PostgreSQL."""
+    url = os.environ.get("BENCH_DATABASE_URL")
+    if url:
+        yield url
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+    with tempfile.TemporaryDirectory(prefix="forge-bench-") as tmp:
+        server = pgserver.get_server(Path(tmp) / "pg", cleanup_mode="delete")
+        try:
+            yield server.get_uri()
+        finally:
+            server.cleanup()
+
+
+def fresh_database(admin_url: str, name: str) -> str:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    from urllib.parse import urlsplit, urlunsplit
+    return urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float = 30) -> float:
+    """Poll until `url` answers 200; return the monotonic time it first did."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return time.monotonic()
+        except OSError:
+            time.sleep(0.005)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def summary(samples: list[float]) -> str:
+    return (f"median {statistics.median(samples):.3f} s, min {min(samples):.3f} s, "
+            f"max {max(samples):.3f} s over {len(samples)} runs")

@@ -1,0 +1,104 @@
+"""The app's functions: the decorators that mark them and the registry that holds them.
+
+`forge-node run` imports the module named by `[project] app` once, in the supervisor, before
+any child is forked; a module that fails to import stops the node with exit code 78 instead
+of a restart loop. The decorators register into the registry being loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import AppLoadError
+
+Handler = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """A query or mutation callable over `POST /_api/rpc/{name}`."""
+
+    name: str
+    kind: str  # "query" | "mutation"
+    handler: Handler
+    public: bool = False
+    roles: tuple[str, ...] = ()
+    timeout_secs: float | None = None
+
+
+@dataclass
+class AppRegistry:
+    module: str = ""
+    functions: dict[str, FunctionSpec] = field(default_factory=dict)
+
+    def add_function(self, spec: FunctionSpec) -> None:
+        if spec.name in self.functions:
+            raise AppLoadError(f"two functions are named {spec.name}")
+        self.functions[spec.name] = spec
+
+    @property
+    def needs_auth(self) -> bool:
+        return any(not spec.public for spec in self.functions.values())
+
+
+_current = AppRegistry()
+
+
+def current_registry() -> AppRegistry:
+    return _current
+
+
+def load_app(root: Path, module: str) -> AppRegistry:
+    """Import the app module from the app folder and return what it registered."""
+    global _current
+    _current = AppRegistry(module=module)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    for loaded in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+        del sys.modules[loaded]
+    try:
+        importlib.import_module(module)
+    except AppLoadError:
+        raise
+    except ModuleNotFoundError as exc:
+        if exc.name == module.split(".")[0]:
+            raise AppLoadError(f'project.app: no module "{module}" in {root}') from None
+        raise _import_failed(module, exc) from exc
+    except Exception as exc:
+        raise _import_failed(module, exc) from exc
+    return _current
+
+
+def _import_failed(module: str, exc: BaseException) -> AppLoadError:
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" ({frame.filename}:{frame.lineno})" if frame else ""
+    return AppLoadError(f'the app module "{module}" failed to import: '
+                        f"{type(exc).__name__}: {exc}{where}")
+
+
+def _function_decorator(kind: str) -> Callable[..., Any]:
+    def decorator(handler: Handler | None = None, *, public: bool = False,
+                  roles: list[str] | tuple[str, ...] = (), timeout_secs: float | None = None,
+                  name: str | None = None) -> Any:
+        def register(fn: Handler) -> Handler:
+            if timeout_secs is not None and timeout_secs <= 0:
+                raise AppLoadError(f"{fn.__name__}: timeout_secs must be greater than 0")
+            _current.add_function(FunctionSpec(name or fn.__name__, kind, fn, public,
+                                               tuple(roles), timeout_secs))
+            return fn
+
+        return register(handler) if handler is not None else register
+
+    decorator.__name__ = kind
+    decorator.__doc__ = f"Mark `def f(ctx, args)` as a {kind}; works bare or with keywords."
+    return decorator
+
+
+query = _function_decorator("query")
+mutation = _function_decorator("mutation")

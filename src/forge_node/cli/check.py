@@ -1,0 +1,34 @@
+"""`forge-node check`: validate forge.toml and the app completely, then try the database."""
+
+from __future__ import annotations
+
+import typer
+
+from .. import db
+from ..app import load_app
+from ..errors import EXIT_FAILURE, EXIT_USAGE, AppLoadError, ForgeNodeError
+from .common import DEFAULT_CONFIG, ConfigPath, database_url, error, fail, load_config
+
+
+def check(config_path: ConfigPath = DEFAULT_CONFIG) -> None:
+    """Validate forge.toml and the app, then try the database.
+
+    Exits 0 when all is well, 2 when the configuration is invalid, 1 when the database
+    cannot be reached.
+    """
+    config = load_config(config_path, EXIT_USAGE)
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    try:
+        load_app(config.root, config.project.app)
+    except AppLoadError as exc:
+        fail(exc, EXIT_USAGE)
+    print(f"ok: {config.path} is valid")
+    try:
+        with database_url(config) as url, db.connect(url, "check") as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]
+    except ForgeNodeError as exc:
+        error(str(exc))
+        raise typer.Exit(EXIT_FAILURE) from None
+    where = "the embedded PostgreSQL" if config.uses_embedded_database else db.redact(url)
+    print(f"ok: database {where} answers (PostgreSQL {version})")

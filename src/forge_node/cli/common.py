@@ -1,0 +1,71 @@
+"""What the commands share: the --config option, error reporting, the database to use."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from .. import config as config_module
+from ..config import Config
+from ..embedded import EmbeddedPostgres
+from ..errors import EXIT_USAGE, ConfigError, ForgeNodeError
+
+log = logging.getLogger("forge_node")
+
+ConfigPath = Annotated[Path, typer.Option(
+    "--config", "-c", envvar="FORGE_CONFIG", show_default=True,
+    help="The app's forge.toml (or set FORGE_CONFIG).")]
+DEFAULT_CONFIG = Path("forge.toml")
+
+
+@dataclass
+class State:
+    debug: bool = False
+
+
+STATE = State()
+
+
+def error(message: str) -> None:
+    """One clear line per problem on stderr; the traceback too with --debug."""
+    for line in message.splitlines():
+        print(f"error: {line}", file=sys.stderr)
+    if STATE.debug and sys.exc_info()[0] is not None:
+        traceback.print_exc(file=sys.stderr)
+
+
+def fail(exc: ForgeNodeError | str, code: int | None = None) -> NoReturn:
+    error(str(exc))
+    exit_code = code if code is not None else getattr(exc, "exit_code", 1)
+    raise typer.Exit(exit_code)
+
+
+def load_config(path: Path, exit_code: int = EXIT_USAGE) -> Config:
+    try:
+        return config_module.load(path)
+    except ConfigError as exc:
+        fail(exc, exit_code)
+
+
+@contextmanager
+def database_url(config: Config) -> Iterator[str]:
+    """The configured database, or the embedded development one when none is configured."""
+    if not config.uses_embedded_database:
+        yield config.database.url
+        return
+    server = EmbeddedPostgres(config.root / ".forge" / "pgdata")
+    url = server.start()
+    log.info("no database.url set: using the embedded PostgreSQL in %s (development only)",
+             server.data_dir, extra={"event": "node.embedded_database"})
+    try:
+        yield url
+    finally:
+        server.stop()

@@ -1,0 +1,37 @@
+"""`forge-node run`: load the config, migrate under the advisory lock, supervise the roles."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from .. import __version__
+from ..app import load_app
+from ..cluster import NodeIdentity
+from ..errors import EXIT_CONFIG, ForgeNodeError
+from ..migrations import Migrator, all_migrations
+from ..observability import logs
+from ..supervisor import Supervisor
+from .common import DEFAULT_CONFIG, ConfigPath, database_url, fail, load_config
+
+log = logging.getLogger("forge_node")
+
+
+def run(config_path: ConfigPath = DEFAULT_CONFIG) -> None:
+    """Start a node: the roles in [node] roles, supervised until SIGTERM."""
+    config = load_config(config_path, EXIT_CONFIG)
+    node = NodeIdentity.for_this_process(config.node.roles, config.node.worker_capabilities,
+                                         __version__)
+    logs.configure("supervisor", str(node.id), config.observability.log_level,
+                   config.observability.log_format)
+    for warning in config.warnings:
+        log.warning(warning, extra={"event": "config.warning"})
+    try:
+        with database_url(config) as url:
+            app = load_app(config.root, config.project.app)
+            Migrator(url, all_migrations(config.root)).up()
+            code = Supervisor(config, url, app, node).run()
+    except ForgeNodeError as exc:
+        fail(exc)
+    raise typer.Exit(code)

@@ -1,0 +1,71 @@
+"""Connections to PostgreSQL, always built in the process that uses them (never across a fork).
+
+Dedicated connections hold session state that must not be shared (advisory locks, LISTEN);
+pools serve request and job work and check a connection before handing it out, so a
+PostgreSQL restart costs one failed check instead of one failed request.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from .errors import DatabaseUnavailable
+
+CONNECT_TIMEOUT_SECS = 5
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+               "keepalives_count": 3}
+
+
+def connection_kwargs(purpose: str, statement_timeout_secs: float | None = None) -> dict:
+    """libpq settings shared by every connection forge-node opens.
+
+    `purpose` becomes the application_name, so `pg_stat_activity` tells which node and
+    role holds a session (and which one holds a lock).
+    """
+    kwargs: dict = {"application_name": f"forge-node {purpose}"[:63],
+                    "connect_timeout": CONNECT_TIMEOUT_SECS, **_KEEPALIVES}
+    if statement_timeout_secs:
+        kwargs["options"] = f"-c statement_timeout={int(statement_timeout_secs * 1000)}"
+    return kwargs
+
+
+def connect(url: str, purpose: str, *, statement_timeout_secs: float | None = None,
+            autocommit: bool = True) -> psycopg.Connection:
+    """A dedicated connection; DatabaseUnavailable names the failure without the URL's password."""
+    try:
+        return psycopg.connect(url, autocommit=autocommit,
+                               **connection_kwargs(purpose, statement_timeout_secs))
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {first_line(exc)}") from exc
+
+
+def create_pool(url: str, purpose: str, *, max_size: int, min_size: int = 1,
+                statement_timeout_secs: float | None = None) -> ConnectionPool:
+    """A pool opened lazily in the calling process; connections are checked before use."""
+    return ConnectionPool(
+        url,
+        min_size=min(min_size, max_size),
+        max_size=max_size,
+        kwargs=connection_kwargs(purpose, statement_timeout_secs),
+        check=ConnectionPool.check_connection,
+        open=False,
+        name=purpose,
+    )
+
+
+def first_line(exc: BaseException) -> str:
+    """libpq errors span lines; an operator's log wants the first one."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced, fit for a log line."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparseable database URL>"
+    host = info.get("host", "localhost")
+    return f"postgresql://{info.get('user', '')}@{host}:{info.get('port', 5432)}/" \
+           f"{info.get('dbname', '')}"

@@ -1,0 +1,1 @@
+"""Logs, traces and metrics; each process sets its own up after it is forked."""

@@ -1,0 +1,169 @@
+"""A child of the supervisor: one class per process kind, one lifecycle.
+
+    main():  detach_from_supervisor() -> boot() -> run() (reports ready) -> shutdown()
+
+`__init__` does nothing to the process. `detach_from_supervisor` undoes what fork copied
+from the supervisor (signal handlers, the wakeup pipe, atexit hooks, its file descriptors,
+NOTIFY_SOCKET) and asks the kernel for SIGTERM when the supervisor dies. Children end with
+`os._exit`, never `sys.exit`, so the supervisor's atexit hooks (pgserver's among them) do not
+run twice.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import logging
+import os
+import signal
+import sys
+import uuid
+from dataclasses import dataclass
+from typing import ClassVar
+
+import setproctitle
+
+from .app import AppRegistry
+from .config import Config
+from .errors import EXIT_FAILURE, EXIT_OK
+from .observability import logs
+from .wakeup import Waker
+
+log = logging.getLogger(__name__)
+
+REPORT_INTERVAL_SECS = 1.0
+READY = b"R"
+ALIVE = b"H"
+_PR_SET_PDEATHSIG = 1
+_INHERITED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+                      signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2)
+
+
+@dataclass(frozen=True)
+class ChildContext:
+    role: str
+    config: Config
+    database_url: str
+    node_id: uuid.UUID
+    app: AppRegistry
+    supervisor_pid: int
+    report_fd: int
+    inherited_fds: tuple[int, ...]
+
+
+class ReportPipe:
+    """The child's end of its pipe to the supervisor: "ready" once, then "alive" each second."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, message: bytes) -> None:
+        try:
+            os.write(self.fd, message)
+        except (BlockingIOError, BrokenPipeError):
+            pass  # a full pipe means the supervisor is busy; a broken one, that it is gone
+
+
+class RoleProcess:
+    role: ClassVar[str] = ""
+
+    def __init__(self, ctx: ChildContext) -> None:
+        self.ctx = ctx
+        self.stopping = False
+        self.reports = ReportPipe(ctx.report_fd)
+        self.waker: Waker | None = None
+
+    def main(self) -> int:
+        self.detach_from_supervisor()
+        self.boot()
+        self.run()
+        self.shutdown()
+        return EXIT_OK
+
+    def detach_from_supervisor(self) -> None:
+        for signum in _INHERITED_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        atexit._clear()
+        os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only, which drains us
+        _die_with_parent(self.ctx.supervisor_pid)
+        for fd in self.ctx.inherited_fds:
+            _close_quietly(fd)
+        os.environ.pop("NOTIFY_SOCKET", None)
+        setproctitle.setproctitle(f"forge-node: {self.role}")
+        obs = self.ctx.config.observability
+        logs.configure(self.role, str(self.ctx.node_id), obs.log_level, obs.log_format)
+
+    def boot(self) -> None:
+        """After-fork setup of a plain role process: its signals and its wakeup pipe."""
+        self.waker = Waker()
+        self.waker.install()
+        signal.signal(signal.SIGTERM, self.handle_stop)
+        signal.signal(signal.SIGINT, self.handle_stop)
+
+    def run(self) -> None:
+        """Report ready, then tick until stopped; roles with real work override this."""
+        assert self.waker is not None
+        self.reports.send(READY)
+        while not self.stopping:
+            self.tick()
+            self.waker.wait(REPORT_INTERVAL_SECS)
+
+    def tick(self) -> None:
+        """Tell the supervisor this process is alive; stop if the supervisor is gone."""
+        self.reports.send(ALIVE)
+        if os.getppid() != self.ctx.supervisor_pid:
+            log.warning("the supervisor is gone; stopping", extra={"event": "role.orphaned"})
+            self.stop()
+
+    def handle_stop(self, signum: int, frame: object) -> None:
+        """SIGTERM/SIGINT from the supervisor: finish current work and exit."""
+        self.stop()
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.waker is not None:
+            self.waker.wake()
+
+    def shutdown(self) -> None:
+        """Release what boot() built; subclasses drain their work here first."""
+
+
+def spawn(process: RoleProcess) -> int:
+    """Fork and run `process` in the child; return the child's pid in the parent."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = EXIT_FAILURE
+    try:
+        code = process.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None
+                                                            else EXIT_FAILURE)
+    except BaseException:
+        log.exception("the %s role crashed", process.role, extra={"event": "role.crashed"})
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask for SIGTERM when the supervisor dies, then check it did not die before we asked."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the per-second parent check in tick() still ends orphans
+    if os.getppid() != parent_pid:
+        os._exit(EXIT_OK)
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass

@@ -1,0 +1,140 @@
+"""The gateway role: a gunicorn master (embedded through its application API) whose gthread
+workers serve the falcon app.
+
+Every gunicorn setting is set here explicitly: gunicorn otherwise reads PORT,
+WEB_CONCURRENCY and FORWARDED_ALLOW_IPS from the environment, and opens a control socket.
+The master runs gunicorn's own loop; `GatewayArbiter` hooks one turn of it to report to the
+supervisor and to notice when the supervisor is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import setproctitle
+from gunicorn import glogging
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from gunicorn.workers.gthread import ThreadWorker
+
+from ..errors import EXIT_CONFIG
+from ..http.app import create_app
+from ..process import READY, RoleProcess
+
+log = logging.getLogger(__name__)
+
+
+class GatewayProcess(RoleProcess):
+    role = "gateway"
+
+    def boot(self) -> None:
+        """gunicorn's arbiter installs its own signal handlers; there is nothing to add."""
+        try:
+            self.server = GatewayServer(self)
+        except SystemExit:
+            # gunicorn printed why it refused its settings; a restart cannot fix them
+            raise SystemExit(EXIT_CONFIG) from None
+
+    def run(self) -> None:
+        GatewayArbiter(self.server, self).run()
+
+
+class GatewayArbiter(Arbiter):
+    def __init__(self, server: GatewayServer, process: GatewayProcess) -> None:
+        self.process = process
+        self.reported_ready = False
+        super().__init__(server)
+
+    def wait_for_signals(self, timeout: float = 1.0) -> list[int]:
+        """One turn of the master's loop: workers are spawned, so report to the supervisor."""
+        if not self.reported_ready:
+            setproctitle.setproctitle("forge-node: gateway")
+            self.process.reports.send(READY)
+            self.reported_ready = True
+        self.process.reports.send(b"H")
+        if os.getppid() != self.process.ctx.supervisor_pid:
+            log.warning("the supervisor is gone; stopping", extra={"event": "role.orphaned"})
+            raise StopIteration
+        return super().wait_for_signals(timeout)
+
+
+class GatewayWorker(ThreadWorker):
+    """gunicorn's gthread worker, titled after the gateway."""
+
+
+class GatewayLogger(glogging.Logger):
+    """gunicorn's own messages go through forge-node's log lines; access logs are ours."""
+
+    def setup(self, cfg: object) -> None:
+        self.cfg = cfg
+        self._access_log_enabled = False
+        for logger in (self.error_log, self.access_log):
+            logger.handlers.clear()
+            logger.propagate = True
+        self.error_log.setLevel(logging.getLogger().level)
+
+    def access(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+class GatewayServer(BaseApplication):
+    def __init__(self, process: GatewayProcess) -> None:
+        self.process = process
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in gunicorn_settings(self.process).items():
+            self.cfg.set(key, value)
+
+    def load(self) -> object:
+        return create_app()
+
+
+def gunicorn_settings(process: GatewayProcess) -> dict[str, object]:
+    config = process.ctx.config
+    gateway = config.gateway
+    return {
+        "bind": [f"0.0.0.0:{gateway.port}"],
+        "workers": gateway.workers,
+        "threads": gateway.threads,
+        "worker_class": GatewayWorker,
+        "worker_connections": 1000,
+        "timeout": 30,
+        "graceful_timeout": max(1, int(config.node.drain_timeout_secs)),
+        "keepalive": 5,
+        "backlog": 2048,
+        "max_requests": 0,
+        "max_requests_jitter": 0,
+        "preload_app": False,
+        "reuse_port": False,
+        "sendfile": False,
+        "chdir": str(config.root),
+        "daemon": False,
+        "raw_env": [],
+        "pidfile": None,
+        "umask": 0,
+        "user": os.geteuid(),
+        "group": os.getegid(),
+        "forwarded_allow_ips": "127.0.0.1,::1",
+        "proxy_allow_ips": "127.0.0.1,::1",
+        "proxy_protocol": "off",
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": config.observability.log_level,
+        "logger_class": GatewayLogger,
+        "capture_output": False,
+        "statsd_host": None,
+        "proc_name": "forge-node: gateway",
+        "control_socket_disable": True,
+        "post_fork": _after_worker_fork(process),
+    }
+
+
+def _after_worker_fork(process: GatewayProcess):
+    def post_fork(arbiter: Arbiter, worker: ThreadWorker) -> None:
+        """A gunicorn worker reports to its master, not to the supervisor: drop the pipe."""
+        os.close(process.ctx.report_fd)
+        setproctitle.setproctitle("forge-node: gateway worker")
+
+    return post_fork

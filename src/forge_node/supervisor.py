@@ -1,0 +1,363 @@
+"""The supervisor: one single-threaded process per node that forks one child per role and
+keeps them alive, heartbeats the node into the registry, and drains on SIGTERM.
+
+    boot:  signals, register the node (starting)
+    loop:  wait -> signals -> reap -> reports -> silent children -> respawns -> services
+    drain: row to draining, STOPPING=1, SIGTERM to children, wait up to drain_timeout_secs,
+           SIGKILL what is left
+    exit:  deregister, close; 0, or 78 when a child failed with a configuration error
+
+It holds no database connection across a fork: the services' connection is closed before
+each fork and opened again on the next round.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+import psycopg
+import setproctitle
+
+from . import __version__, cluster, db
+from .app import AppRegistry
+from .backoff import Backoff
+from .cluster import NodeIdentity
+from .config import Config
+from .errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+from .notify import sd_notify
+from .process import READY, ChildContext, spawn
+from .roles import ROLE_PROCESSES
+from .services import ServiceRunner
+from .services.heartbeat import Heartbeat
+from .services.reaper import DeadNodeReaper
+from .wakeup import Waker
+
+log = logging.getLogger(__name__)
+
+CHILD_SILENCE_LIMIT_SECS = 30.0   # a child that stops reporting for this long is killed
+STABLE_AFTER_SECS = 30.0          # a child that lived this long restarts without backoff
+MAX_SLEEP_SECS = 1.0
+
+RUNNING, DRAINING, FORCED = "running", "draining", "forced"
+
+
+@dataclass
+class Child:
+    pid: int
+    report_fd: int
+    started_at: float
+    last_report: float
+    ready: bool = False
+    pipe_open: bool = True
+
+
+@dataclass
+class RoleSlot:
+    role: str
+    child: Child | None = None
+    failures: int = 0
+    respawn_at: float | None = 0.0
+
+
+class Supervisor:
+    def __init__(self, config: Config, database_url: str, app: AppRegistry,
+                 node: NodeIdentity) -> None:
+        self.config = config
+        self.database_url = database_url
+        self.app = app
+        self.node = node
+        processes = tuple(r for r in config.node.roles if r in ROLE_PROCESSES)
+        self.slots = {role: RoleSlot(role) for role in processes}
+        self.state = RUNNING
+        self.exit_code = EXIT_OK
+        self.ever_ready = False
+        self.reported_status = ""
+        self.drain_deadline = 0.0
+        self.pending_signals: list[int] = []
+        self.waker = Waker()
+        self.backoff = Backoff(base=1.0, factor=2.0, cap=30.0, jitter=0.1)
+        timing = config.cluster
+        self.services = ServiceRunner(self._connect, [
+            Heartbeat(self.node, self.node_status, timing.heartbeat_interval_secs),
+            DeadNodeReaper(timing.dead_threshold_secs, timing.heartbeat_interval_secs),
+        ])
+
+    def run(self) -> int:
+        """Supervise until stopped; the return value is the process's exit code."""
+        self.boot()
+        try:
+            while not self.finished():
+                self.wait_for_events()
+                self.handle_signals()
+                self.reap_children()
+                self.kill_silent_children()
+                self.spawn_due_roles()
+                self.report_status()
+                self.services.run_due()
+        except Exception:
+            log.exception("the supervisor failed; stopping the node",
+                          extra={"event": "node.supervisor_failed"})
+            self.exit_code = EXIT_FAILURE
+            self.kill_children(signal.SIGKILL)
+        finally:
+            self.shutdown()
+        return self.exit_code
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def boot(self) -> None:
+        setproctitle.setproctitle("forge-node: supervisor")
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
+                       signal.SIGHUP):
+            signal.signal(signum, self._record_signal)
+        self.waker.install()
+        log.info("node %s starting: roles %s on %s", self.node.id, ",".join(self.node.roles),
+                 db.redact(self.database_url),
+                 extra={"event": "node.starting", "roles": list(self.node.roles),
+                        "version": __version__})
+        self.services.run_now("heartbeat")
+
+    def finished(self) -> bool:
+        return self.state != RUNNING and not self.live_children()
+
+    def shutdown(self) -> None:
+        """Leave the registry and release everything; children are gone by now."""
+        self._deregister()
+        self.services.disconnect()
+        for slot in self.slots.values():
+            if slot.child is not None:
+                os.close(slot.child.report_fd)
+        signal.set_wakeup_fd(-1)
+        self.waker.close()
+        log.info("node %s stopped", self.node.id,
+                 extra={"event": "node.stopped", "exit_code": self.exit_code})
+
+    # -- signals: handlers only record; the loop calls handle_<name> -----------------------
+
+    def _record_signal(self, signum: int, frame: object) -> None:
+        self.pending_signals.append(signum)
+
+    def handle_signals(self) -> None:
+        while self.pending_signals:
+            signum = self.pending_signals.pop(0)
+            name = signal.Signals(signum).name[3:].lower()
+            getattr(self, f"handle_{name}")()
+
+    def handle_term(self) -> None:
+        """SIGTERM: stop gracefully; running work finishes within drain_timeout_secs."""
+        self.begin_drain("SIGTERM")
+
+    def handle_int(self) -> None:
+        """SIGINT: like SIGTERM; a second SIGINT stops at once."""
+        if self.state == RUNNING:
+            self.begin_drain("SIGINT")
+        else:
+            self.force_stop("second SIGINT")
+
+    def handle_quit(self) -> None:
+        """SIGQUIT: stop at once, killing the children without a drain."""
+        self.force_stop("SIGQUIT")
+
+    def handle_hup(self) -> None:
+        """SIGHUP: nothing to reload in place; restart the node to read forge.toml again."""
+        log.info("SIGHUP ignored: restart the node to apply a changed forge.toml",
+                 extra={"event": "node.sighup_ignored"})
+
+    def handle_chld(self) -> None:
+        """SIGCHLD: a child exited; reap_children() collects it on this turn."""
+
+    def begin_drain(self, reason: str) -> None:
+        if self.state != RUNNING:
+            return
+        self.state = DRAINING
+        self.drain_deadline = time.monotonic() + self.config.node.drain_timeout_secs
+        log.info("draining (%s): stopping roles, at most %.0f s", reason,
+                 self.config.node.drain_timeout_secs, extra={"event": "node.draining"})
+        sd_notify("STOPPING=1")
+        self.services.run_now("heartbeat")
+        for slot in self.slots.values():
+            slot.respawn_at = None
+        self.kill_children(signal.SIGTERM)
+
+    def force_stop(self, reason: str) -> None:
+        log.warning("stopping at once (%s): killing the roles", reason,
+                    extra={"event": "node.forced_stop"})
+        if self.state == RUNNING:
+            self.services.run_now("heartbeat")
+        self.state = FORCED
+        for slot in self.slots.values():
+            slot.respawn_at = None
+        self.kill_children(signal.SIGKILL)
+
+    # -- children --------------------------------------------------------------------------
+
+    def live_children(self) -> list[RoleSlot]:
+        return [slot for slot in self.slots.values() if slot.child is not None]
+
+    def wait_for_events(self) -> None:
+        timeout = min(MAX_SLEEP_SECS, self.services.seconds_until_due())
+        fds = [slot.child.report_fd for slot in self.live_children() if slot.child.pipe_open]
+        for fd in self.waker.wait(timeout, fds):
+            self.read_reports(fd)
+
+    def read_reports(self, fd: int) -> None:
+        slot = next(s for s in self.live_children() if s.child.report_fd == fd)
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        if not data:
+            slot.child.pipe_open = False  # the child is exiting; reap_children() follows
+            return
+        slot.child.last_report = time.monotonic()
+        if READY in data and not slot.child.ready:
+            slot.child.ready = True
+            log.info("%s ready (pid %d)", slot.role, slot.child.pid,
+                     extra={"event": "role.ready", "child_role": slot.role})
+
+    def spawn_due_roles(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots.values():
+            if slot.child is None and slot.respawn_at is not None and now >= slot.respawn_at:
+                self.spawn_role(slot)
+
+    def spawn_role(self, slot: RoleSlot) -> None:
+        self.services.disconnect()  # nothing of psycopg may be open across a fork
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        os.set_blocking(write_fd, False)
+        supervisor_fds = (*self.waker.fds, read_fd,
+                          *(s.child.report_fd for s in self.live_children()))
+        ctx = ChildContext(slot.role, self.config, self.database_url, self.node.id, self.app,
+                           os.getpid(), write_fd, supervisor_fds)
+        pid = spawn(ROLE_PROCESSES[slot.role](ctx))
+        os.close(write_fd)
+        now = time.monotonic()
+        slot.child = Child(pid, read_fd, now, now)
+        slot.respawn_at = None
+        log.info("started %s (pid %d)", slot.role, pid,
+                 extra={"event": "role.started", "child_role": slot.role, "pid": pid})
+
+    def reap_children(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = next((s for s in self.live_children() if s.child.pid == pid), None)
+            if slot is not None:
+                self.on_child_exit(slot, status)
+
+    def on_child_exit(self, slot: RoleSlot, status: int) -> None:
+        child = slot.child
+        slot.child = None
+        self._drain_final_reports(child)
+        os.close(child.report_fd)
+        how = _describe_exit(status)
+        if self.state != RUNNING:
+            log.info("%s (pid %d) stopped: %s", slot.role, child.pid, how,
+                     extra={"event": "role.stopped", "child_role": slot.role})
+            return
+        lived = time.monotonic() - child.started_at
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_CONFIG:
+            log.error("%s (pid %d) failed with a configuration error; stopping the node",
+                      slot.role, child.pid, extra={"event": "role.config_error",
+                                                    "child_role": slot.role})
+            self.exit_code = EXIT_CONFIG
+            self.begin_drain(f"{slot.role} configuration error")
+            return
+        slot.failures = 1 if lived >= STABLE_AFTER_SECS else slot.failures + 1
+        delay = self.backoff.delay(slot.failures)
+        slot.respawn_at = time.monotonic() + delay
+        log.error("%s (pid %d) died after %.1f s: %s; restarting in %.1f s", slot.role,
+                  child.pid, lived, how, delay,
+                  extra={"event": "role.died", "child_role": slot.role, "exit": how,
+                         "restart_in_secs": round(delay, 2), "failures": slot.failures})
+
+    def _drain_final_reports(self, child: Child) -> None:
+        try:
+            if READY in os.read(child.report_fd, 4096):
+                child.ready = True
+        except (BlockingIOError, OSError):
+            pass
+
+    def kill_silent_children(self) -> None:
+        now = time.monotonic()
+        if self.state == DRAINING and now >= self.drain_deadline:
+            for slot in self.live_children():
+                log.warning("%s (pid %d) did not stop within %.0f s; killing it", slot.role,
+                            slot.child.pid, self.config.node.drain_timeout_secs,
+                            extra={"event": "role.drain_timeout", "child_role": slot.role})
+            self.kill_children(signal.SIGKILL)
+            return
+        if self.state != RUNNING:
+            return
+        for slot in self.live_children():
+            if now - slot.child.last_report > CHILD_SILENCE_LIMIT_SECS:
+                log.error("%s (pid %d) has not reported for %.0f s; killing it", slot.role,
+                          slot.child.pid, now - slot.child.last_report,
+                          extra={"event": "role.silent", "child_role": slot.role})
+                self.signal_child(slot.child, signal.SIGKILL)
+
+    def kill_children(self, signum: int) -> None:
+        for slot in self.live_children():
+            self.signal_child(slot.child, signum)
+
+    def signal_child(self, child: Child, signum: int) -> None:
+        try:
+            os.kill(child.pid, signum)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+
+    # -- the node's status -----------------------------------------------------------------
+
+    def node_status(self) -> str:
+        if self.state != RUNNING:
+            return "draining"
+        if not self.ever_ready:
+            return "starting"
+        return "active" if self.all_ready() else "degraded"
+
+    def all_ready(self) -> bool:
+        return all(slot.child is not None and slot.child.ready for slot in self.slots.values())
+
+    def report_status(self) -> None:
+        """Write status changes at once (not at the next heartbeat); READY=1 to systemd once."""
+        if self.state == RUNNING and not self.ever_ready and self.all_ready():
+            self.ever_ready = True
+            log.info("node %s ready", self.node.id, extra={"event": "node.ready"})
+            sd_notify("READY=1")
+        status = self.node_status()
+        if status != self.reported_status:
+            self.reported_status = status
+            if status == "degraded":
+                down = [s.role for s in self.slots.values() if not (s.child and s.child.ready)]
+                log.warning("node degraded: %s not up", ", ".join(down),
+                            extra={"event": "node.degraded", "roles_down": down})
+            self.services.run_now("heartbeat")
+
+    def _connect(self) -> psycopg.Connection:
+        return db.connect(self.database_url, f"supervisor {str(self.node.id)[:8]}",
+                          statement_timeout_secs=5)
+
+    def _deregister(self) -> None:
+        try:
+            with self._connect() as conn:
+                cluster.deregister_node(conn, self.node.id)
+        except Exception as exc:  # the node is stopping anyway; the reaper will mark it dead
+            log.warning("could not remove this node from the registry: %s", db.first_line(exc),
+                        extra={"event": "node.deregister_failed"})
+
+
+def _describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.WEXITSTATUS(status)}"

@@ -1,0 +1,73 @@
+"""A real PostgreSQL for the suite, and a fresh database for every test that asks for one.
+
+Set FORGE_TEST_DATABASE_URL (a postgresql:// URL of a user allowed to create databases) to
+use your own server; otherwise the suite starts the same embedded PostgreSQL as
+`forge-node run` uses, in a temporary folder, and deletes it at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+
+@dataclass
+class PostgresServer:
+    admin_url: str
+    data_dir: Path | None = None
+
+    def url_for(self, dbname: str) -> str:
+        parts = urllib.parse.urlsplit(self.admin_url)
+        return urllib.parse.urlunsplit(parts._replace(path=f"/{dbname}"))
+
+    def create_database(self) -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return name
+
+    def drop_database(self, name: str) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    url = os.environ.get("FORGE_TEST_DATABASE_URL")
+    if url:
+        yield PostgresServer(url)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+    data_dir = tmp_path_factory.mktemp("pg") / "data"
+    server = pgserver.get_server(data_dir, cleanup_mode="delete")
+    try:
+        yield PostgresServer(server.get_uri(), data_dir)
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def database_url(pg_server: PostgresServer) -> Iterator[str]:
+    """The URL of a new, empty database that is dropped after the test."""
+    name = pg_server.create_database()
+    try:
+        yield pg_server.url_for(name)
+    finally:
+        pg_server.drop_database(name)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to the test's database, for setting up and asserting."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
