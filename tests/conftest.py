@@ -1,1 +1,6 @@
-pytest_plugins = ["tests.plugins.postgres", "tests.plugins.apps", "tests.plugins.nodes"]
+pytest_plugins = [
+    "tests.plugins.postgres",
+    "tests.plugins.apps",
+    "tests.plugins.nodes",
+    "tests.plugins.gateway",
+]

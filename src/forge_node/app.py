@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import Config
 from .errors import AppLoadError
 
 Handler = Callable[..., Any]
@@ -42,9 +43,15 @@ class AppRegistry:
             raise AppLoadError(f"two functions are named {spec.name}")
         self.functions[spec.name] = spec
 
-    @property
-    def needs_auth(self) -> bool:
-        return any(not spec.public for spec in self.functions.values())
+    def problems_with(self, config: Config) -> list[str]:
+        """What keeps this app from running under `config`, one message per problem."""
+        guarded = sorted(name for name, spec in self.functions.items() if not spec.public)
+        serves_functions = {"gateway", "function"} <= set(config.node.roles)
+        if guarded and serves_functions and not config.auth.configured:
+            return [f"the app's functions {', '.join(guarded)} need a token, but "
+                    f"{config.path.name} has no [auth] (jwt_secret or jwks_url); configure "
+                    f"[auth], or mark them public=True"]
+        return []
 
 
 _current = AppRegistry()
@@ -58,8 +65,9 @@ def load_app(root: Path, module: str) -> AppRegistry:
     """Import the app module from the app folder and return what it registered."""
     global _current
     _current = AppRegistry(module=module)
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    if str(root) in sys.path:
+        sys.path.remove(str(root))
+    sys.path.insert(0, str(root))
     for loaded in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
         del sys.modules[loaded]
     try:

@@ -7,6 +7,8 @@ PostgreSQL restart costs one failed check instead of one failed request.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import psycopg
 from psycopg_pool import ConnectionPool
 
@@ -41,7 +43,8 @@ def connect(url: str, purpose: str, *, statement_timeout_secs: float | None = No
 
 
 def create_pool(url: str, purpose: str, *, max_size: int, min_size: int = 1,
-                statement_timeout_secs: float | None = None) -> ConnectionPool:
+                statement_timeout_secs: float | None = None,
+                configure: Callable[[psycopg.Connection], None] | None = None) -> ConnectionPool:
     """A pool opened lazily in the calling process; connections are checked before use."""
     return ConnectionPool(
         url,
@@ -49,6 +52,7 @@ def create_pool(url: str, purpose: str, *, max_size: int, min_size: int = 1,
         max_size=max_size,
         kwargs=connection_kwargs(purpose, statement_timeout_secs),
         check=ConnectionPool.check_connection,
+        configure=configure,
         open=False,
         name=purpose,
     )

@@ -31,7 +31,7 @@ from .config import Config
 from .errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from .notify import sd_notify
 from .process import READY, ChildContext, spawn
-from .roles import ROLE_PROCESSES
+from .roles import ROLE_PROCESSES, processes_for
 from .services import ServiceRunner
 from .services.heartbeat import Heartbeat
 from .services.reaper import DeadNodeReaper
@@ -44,6 +44,7 @@ STABLE_AFTER_SECS = 30.0          # a child that lived this long restarts withou
 MAX_SLEEP_SECS = 1.0
 
 RUNNING, DRAINING, FORCED = "running", "draining", "forced"
+STOPPED_LAST = frozenset({"probe"})
 
 
 @dataclass
@@ -62,6 +63,7 @@ class RoleSlot:
     child: Child | None = None
     failures: int = 0
     respawn_at: float | None = 0.0
+    stop_sent: bool = False
 
 
 class Supervisor:
@@ -71,7 +73,7 @@ class Supervisor:
         self.database_url = database_url
         self.app = app
         self.node = node
-        processes = tuple(r for r in config.node.roles if r in ROLE_PROCESSES)
+        processes = processes_for(config.node.roles)
         self.slots = {role: RoleSlot(role) for role in processes}
         self.state = RUNNING
         self.exit_code = EXIT_OK
@@ -96,6 +98,7 @@ class Supervisor:
                 self.handle_signals()
                 self.reap_children()
                 self.kill_silent_children()
+                self.stop_last_roles()
                 self.spawn_due_roles()
                 self.report_status()
                 self.services.run_due()
@@ -182,7 +185,18 @@ class Supervisor:
         self.services.run_now("heartbeat")
         for slot in self.slots.values():
             slot.respawn_at = None
-        self.kill_children(signal.SIGTERM)
+        for slot in self.live_children():
+            if slot.role not in STOPPED_LAST:
+                self.signal_child(slot.child, signal.SIGTERM)
+
+    def stop_last_roles(self) -> None:
+        """Once the other roles are gone, stop the probe (it answers 503 until then)."""
+        live = self.live_children()
+        if self.state == DRAINING and all(slot.role in STOPPED_LAST for slot in live):
+            for slot in live:
+                if not slot.stop_sent:
+                    slot.stop_sent = True
+                    self.signal_child(slot.child, signal.SIGTERM)
 
     def force_stop(self, reason: str) -> None:
         log.warning("stopping at once (%s): killing the roles", reason,

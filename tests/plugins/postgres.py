@@ -71,3 +71,36 @@ def db(database_url: str) -> Iterator[psycopg.Connection]:
     """An autocommit connection to the test's database, for setting up and asserting."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         yield conn
+
+
+class RestartablePostgres(PostgresServer):
+    """A PostgreSQL of the test's own, which it may stop and start again."""
+
+    def __init__(self, server) -> None:  # a pgserver.PostgresServer
+        super().__init__(server.get_uri(), server.pgdata)
+        self._server = server
+        self._socket_dir = server.get_postmaster_info().socket_dir
+
+    def stop(self) -> None:
+        import pgserver
+        pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir,
+                        user=self._server.system_user)
+
+    def start(self) -> None:
+        import pgserver
+        pgserver.pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {self._socket_dir}",
+                         "-l", str(self.data_dir / "log"), "start"],
+                        pgdata=self.data_dir, user=self._server.system_user, timeout=30)
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[RestartablePostgres]:
+    """A dedicated PostgreSQL for tests that stop and start the server."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+    server = pgserver.get_server(tmp_path / "own-pg", cleanup_mode="delete")
+    try:
+        yield RestartablePostgres(server)
+    finally:
+        server.cleanup()

@@ -9,7 +9,7 @@ import typer
 from .. import __version__
 from ..app import load_app
 from ..cluster import NodeIdentity
-from ..errors import EXIT_CONFIG, ForgeNodeError
+from ..errors import EXIT_CONFIG, AppLoadError, ForgeNodeError
 from ..migrations import Migrator, all_migrations
 from ..observability import logs
 from ..supervisor import Supervisor
@@ -30,6 +30,9 @@ def run(config_path: ConfigPath = DEFAULT_CONFIG) -> None:
     try:
         with database_url(config) as url:
             app = load_app(config.root, config.project.app)
+            problems = app.problems_with(config)
+            if problems:
+                raise AppLoadError("; ".join(problems))
             Migrator(url, all_migrations(config.root)).up()
             code = Supervisor(config, url, app, node).run()
     except ForgeNodeError as exc:

@@ -1,20 +1,89 @@
-"""create_app(): the falcon WSGI app each gunicorn worker builds after it is forked."""
+"""create_app(): the falcon WSGI app each gunicorn worker builds after it is forked.
+
+    /_api/health          liveness, no database
+    /_api/ready           readiness: the database answers and the node is not draining
+    /_api/rpc/{name}      queries and mutations
+    /_api/...             anything else under /_api: a JSON 404 (never the frontend)
+    everything else       the frontend (static_dir) with SPA fallback, or a JSON 404
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import falcon
 
-from .. import __version__
+from ..app import AppRegistry
+from ..auth import TokenVerifier
+from ..config import Config
+from . import errors
+from .errors import NOT_FOUND, ApiError
+from .functions import FunctionRunner
+from .middleware import AccessLogMiddleware, CorrelationMiddleware, CorsMiddleware
+from .resources.frontend import FrontendSink
+from .resources.health import DatabaseProbe, HealthResource, ReadyResource
+from .resources.rpc import RpcResource
 
 
-class HealthResource:
-    """Liveness: the process answers. No database call, so a slow database never fails it."""
+@dataclass
+class DrainFlag:
+    """Set when this process starts draining; readiness answers 503 from then on."""
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"status": "healthy", "version": __version__}
+    draining: bool = False
 
 
-def create_app() -> falcon.App:
-    app = falcon.App()
+@dataclass
+class GatewayDeps:
+    config: Config
+    registry: AppRegistry
+    database: DatabaseProbe
+    runner: FunctionRunner | None
+    verifier: TokenVerifier | None
+    drain: DrainFlag = field(default_factory=DrainFlag)
+
+    @classmethod
+    def build(cls, config: Config, database_url: str, registry: AppRegistry,
+              drain: DrainFlag, purpose: str) -> GatewayDeps:
+        runner = None
+        if "function" in config.node.roles:
+            runner = FunctionRunner.for_urls(
+                database_url,
+                config.database.replica_urls if config.database.read_from_replica else (),
+                max_size=min(config.database.pool_size, config.gateway.threads),
+                statement_timeout_secs=config.database.statement_timeout_secs,
+                threads=config.gateway.threads, purpose=purpose)
+            runner.open()
+        verifier = TokenVerifier(config.auth) if config.auth.configured else None
+        return cls(config, registry, DatabaseProbe(database_url, f"{purpose} ready"), runner,
+                   verifier, drain)
+
+    def readiness(self) -> tuple[bool, bool]:
+        return self.database.fetch() is not None, not self.drain.draining
+
+
+def create_app(deps: GatewayDeps) -> falcon.App:
+    gateway = deps.config.gateway
+    app = falcon.App(middleware=[CorrelationMiddleware(), CorsMiddleware(gateway.cors_origins),
+                                 AccessLogMiddleware(gateway.quiet_routes)])
+    app.req_options.strip_url_path_trailing_slash = True
+    errors.install(app)
     app.add_route("/_api/health", HealthResource())
+    app.add_route("/_api/ready", ReadyResource(deps.readiness))
+    app.add_route("/_api/rpc/{name}", RpcResource(deps.registry, deps.runner, deps.verifier,
+                                                  gateway.max_body_bytes))
+    app.add_sink(FrontendSink(static_root(deps.config)), "/")
+    app.add_sink(_api_not_found, r"^/_api(/|$)")
     return app
+
+
+def static_root(config: Config) -> Path | None:
+    """`[gateway] static_dir`, or frontend/build when it exists; relative to the app folder."""
+    if config.gateway.static_dir:
+        return config.root / config.gateway.static_dir
+    default = config.root / "frontend" / "build"
+    return default if default.is_dir() else None
+
+
+def _api_not_found(req: falcon.Request, resp: falcon.Response, **kwargs: str) -> None:
+    raise ApiError(404, NOT_FOUND, f"no API route {req.method} {req.path}")

@@ -2,6 +2,7 @@
 
 from ..process import RoleProcess
 from .gateway import GatewayProcess
+from .probe import ProbeProcess
 from .scheduler import SchedulerProcess
 from .worker import WorkerProcess
 
@@ -9,4 +10,12 @@ ROLE_PROCESSES: dict[str, type[RoleProcess]] = {
     "gateway": GatewayProcess,
     "worker": WorkerProcess,
     "scheduler": SchedulerProcess,
+    "probe": ProbeProcess,
 }
+
+
+def processes_for(roles: tuple[str, ...]) -> tuple[str, ...]:
+    """The children a node with these roles forks; without a gateway, a probe answers health
+    checks on the gateway port."""
+    forked = tuple(role for role in roles if role in ROLE_PROCESSES)
+    return forked if "gateway" in roles else (*forked, "probe")

@@ -19,7 +19,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
 
 from ..errors import EXIT_CONFIG
-from ..http.app import create_app
+from ..http.app import DrainFlag, GatewayDeps, create_app
 from ..process import READY, RoleProcess
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,11 @@ class GatewayArbiter(Arbiter):
 
 
 class GatewayWorker(ThreadWorker):
-    """gunicorn's gthread worker, titled after the gateway."""
+    """gunicorn's gthread worker; readiness turns 503 the moment it is told to stop."""
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        self.app.drain.draining = True
+        super().handle_exit(sig, frame)
 
 
 class GatewayLogger(glogging.Logger):
@@ -81,6 +85,7 @@ class GatewayLogger(glogging.Logger):
 class GatewayServer(BaseApplication):
     def __init__(self, process: GatewayProcess) -> None:
         self.process = process
+        self.drain = DrainFlag()
         super().__init__()
 
     def load_config(self) -> None:
@@ -88,7 +93,11 @@ class GatewayServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> object:
-        return create_app()
+        """Called in each gunicorn worker after fork: pools and probes are built here."""
+        ctx = self.process.ctx
+        deps = GatewayDeps.build(ctx.config, ctx.database_url, ctx.app, self.drain,
+                                 f"gateway {str(ctx.node_id)[:8]} pid {os.getpid()}")
+        return create_app(deps)
 
 
 def gunicorn_settings(process: GatewayProcess) -> dict[str, object]:

@@ -1,0 +1,78 @@
+"""Every error the HTTP API answers is JSON with a stable code:
+
+    {"success": false, "error": {"code": "NOT_FOUND", "message": "..."}, "request_id": "..."}
+
+The codes are part of the API; clients branch on them. An unexpected exception is logged
+with the request id and answered 500 INTERNAL_ERROR without its text.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import falcon
+
+from .encoding import dumps
+
+log = logging.getLogger("forge_node.http")
+
+NOT_FOUND = "NOT_FOUND"
+INVALID_ARGUMENT = "INVALID_ARGUMENT"
+UNAUTHORIZED = "UNAUTHORIZED"
+FORBIDDEN = "FORBIDDEN"
+PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+TIMEOUT = "TIMEOUT"
+SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+FUNCTION_ROLE_DISABLED = "FUNCTION_ROLE_DISABLED"
+INTERNAL_ERROR = "INTERNAL_ERROR"
+
+_CODE_OF_STATUS = {400: INVALID_ARGUMENT, 401: UNAUTHORIZED, 403: FORBIDDEN, 404: NOT_FOUND,
+                   405: METHOD_NOT_ALLOWED, 413: PAYLOAD_TOO_LARGE, 503: SERVICE_UNAVAILABLE,
+                   504: TIMEOUT}
+
+
+class ApiError(Exception):
+    """Raised anywhere in a request to answer with this status and code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def write_error(req: falcon.Request, resp: falcon.Response, status: int, code: str,
+                message: str) -> None:
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.text = dumps({"success": False, "error": {"code": code, "message": message},
+                       "request_id": req.context.get("request_id")})
+
+
+def install(app: falcon.App) -> None:
+    """Route every error falcon or a resource raises to one JSON shape."""
+
+    def handle_api_error(req, resp, exc: ApiError, params) -> None:
+        write_error(req, resp, exc.status, exc.code, exc.message)
+
+    def handle_http_error(req, resp, exc: falcon.HTTPError, params) -> None:
+        status = exc.status_code
+        code = _CODE_OF_STATUS.get(status, INTERNAL_ERROR if status >= 500 else INVALID_ARGUMENT)
+        message = exc.description or exc.title or code.lower()
+        if isinstance(exc, falcon.HTTPMethodNotAllowed):
+            message = f"{req.method} is not allowed on {req.path}"
+        write_error(req, resp, status, code, message)
+        for name, value in (exc.headers or {}).items():
+            resp.set_header(name, value)
+
+    def handle_unexpected(req, resp, exc: Exception, params) -> None:
+        log.error("request %s failed: %s", req.context.get("request_id"), exc, exc_info=exc,
+                  extra={"event": "http.internal_error",
+                         "request_id": req.context.get("request_id")})
+        write_error(req, resp, 500, INTERNAL_ERROR,
+                    "internal error; the server log has the details under this request id")
+
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(falcon.HTTPError, handle_http_error)
+    app.add_error_handler(ApiError, handle_api_error)

@@ -1,0 +1,1 @@
+"""The gateway's resources: one module per route family."""

@@ -1,0 +1,117 @@
+"""POST /_api/rpc/{name}: call a query or mutation with `{"args": {...}}`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import falcon
+
+from ...app import AppRegistry, FunctionSpec
+from ...auth import InvalidToken, KeysUnavailable, TokenVerifier
+from ...errors import Error
+from ..encoding import dumps, to_jsonable
+from ..errors import (
+    FORBIDDEN,
+    FUNCTION_ROLE_DISABLED,
+    INVALID_ARGUMENT,
+    NOT_FOUND,
+    PAYLOAD_TOO_LARGE,
+    SERVICE_UNAVAILABLE,
+    UNAUTHORIZED,
+    ApiError,
+)
+from ..functions import FunctionRunner, error_for_app_error
+
+
+class RpcResource:
+    def __init__(self, registry: AppRegistry, runner: FunctionRunner | None,
+                 verifier: TokenVerifier | None, max_body_bytes: int) -> None:
+        self.registry = registry
+        self.runner = runner
+        self.verifier = verifier
+        self.max_body_bytes = max_body_bytes
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        if self.runner is None:
+            raise ApiError(503, FUNCTION_ROLE_DISABLED,
+                           "this node does not run functions (no function role)")
+        claims = self.authenticate(req)
+        spec = self.registry.functions.get(name)
+        if spec is None:
+            raise ApiError(404, NOT_FOUND, f"no function named {name!r}")
+        self.authorize(spec, claims)
+        args = read_args(req, self.max_body_bytes)
+        request_id = req.context.request_id
+        try:
+            result = self.runner.run(spec, args, claims, request_id)
+        except Error as exc:
+            raise error_for_app_error(exc) from None
+        resp.content_type = falcon.MEDIA_JSON
+        resp.text = dumps({"success": True, "data": to_jsonable(result),
+                           "request_id": request_id})
+
+    def authenticate(self, req: falcon.Request) -> dict[str, Any] | None:
+        """The verified claims, None without a token; a bad token is 401 even when public."""
+        header = req.get_header("authorization")
+        if not header:
+            return None
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, UNAUTHORIZED, "the Authorization header must be 'Bearer <token>'")
+        if self.verifier is None:
+            raise ApiError(401, UNAUTHORIZED, "this app does not accept tokens ([auth] is not "
+                                              "configured)")
+        try:
+            return self.verifier.verify(token.strip())
+        except InvalidToken as exc:
+            raise ApiError(401, UNAUTHORIZED, f"invalid token: {exc}") from None
+        except KeysUnavailable as exc:
+            raise ApiError(503, SERVICE_UNAVAILABLE, str(exc)) from None
+
+    @staticmethod
+    def authorize(spec: FunctionSpec, claims: dict[str, Any] | None) -> None:
+        if spec.public:
+            return
+        if claims is None:
+            raise ApiError(401, UNAUTHORIZED, f"{spec.name} needs a token")
+        if spec.roles:
+            held = claims.get("roles")
+            held = [held] if isinstance(held, str) else held if isinstance(held, list) else []
+            if not set(spec.roles) & set(held):
+                raise ApiError(403, FORBIDDEN,
+                               f"{spec.name} needs one of the roles {', '.join(spec.roles)}")
+
+
+def read_args(req: falcon.Request, max_bytes: int) -> dict[str, Any]:
+    raw = read_body(req, max_bytes)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise ApiError(400, INVALID_ARGUMENT, "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, INVALID_ARGUMENT, 'the body must be a JSON object: {"args": {...}}')
+    args = body.get("args")
+    if args is None:
+        return {}
+    if not isinstance(args, dict):
+        raise ApiError(400, INVALID_ARGUMENT, "args must be a JSON object")
+    return args
+
+
+def read_body(req: falcon.Request, max_bytes: int) -> bytes:
+    """The body, refused with 413 past `max_bytes` whether it has a length or is chunked."""
+    too_large = ApiError(413, PAYLOAD_TOO_LARGE, f"the body is larger than {max_bytes} bytes")
+    if req.content_length is not None:
+        if req.content_length > max_bytes:
+            raise too_large
+        return req.bounded_stream.read()
+    chunks, size = [], 0  # chunked: falcon's bounded_stream would read nothing
+    while chunk := req.stream.read(min(65536, max_bytes + 1 - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+    return b"".join(chunks)

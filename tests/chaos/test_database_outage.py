@@ -1,0 +1,60 @@
+"""PostgreSQL goes away and comes back: readiness follows it, and the node survives."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+from tests.plugins.nodes import wait_until
+
+
+def ready(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_api/ready", timeout=5) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def rpc(port, name):
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/_api/rpc/{name}", data=b"{}",
+                                     method="POST", headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=15) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+MODULE = '''
+import forge_node as forge
+
+@forge.query(public=True)
+def now(ctx, args):
+    return ctx.db.execute("SELECT 1 AS one").fetchone()
+'''
+
+
+def test_readiness_fails_while_postgres_is_down_and_recovers_by_itself(
+        make_app, start_node, own_postgres):
+    url = own_postgres.url_for(own_postgres.create_database())
+    app = make_app(module=MODULE, node={"roles": ["gateway", "function", "worker"]})
+    node = start_node(app, url).wait_ready()
+    assert ready(app.port) == (200, {"ready": True, "database": True})
+    assert rpc(app.port, "now")[0] == 200
+    own_postgres.stop()
+    try:
+        assert ready(app.port) == (503, {"ready": False, "database": False})
+        status, body = rpc(app.port, "now")
+        assert (status, body["error"]["code"]) == (503, "SERVICE_UNAVAILABLE")
+    finally:
+        own_postgres.start()
+    wait_until(lambda: ready(app.port) == (200, {"ready": True, "database": True}),
+               timeout=20, message="ready again")
+    wait_until(lambda: rpc(app.port, "now")[0] == 200, timeout=20,
+               message="functions answer again")
+    assert rpc(app.port, "now")[1]["data"] == {"one": 1}
+    assert node.proc.poll() is None
+    events = [e.get("event") for e in node.events()]
+    assert "node.database_lost" in events and "node.database_back" in events

@@ -1,0 +1,43 @@
+"""read_from_replica: queries read from a replica, mutations always write to the primary."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+MODULE = '''
+import forge_node as forge
+
+@forge.query(public=True)
+def where(ctx, args):
+    return ctx.db.execute("SELECT name FROM whoami").fetchone()[0]
+
+@forge.mutation(public=True)
+def write(ctx, args):
+    return ctx.db.execute("SELECT name FROM whoami").fetchone()[0]
+'''
+
+WHOAMI = {"0001_whoami.sql": "CREATE TABLE whoami (name text);\n"
+                             "INSERT INTO whoami VALUES ('primary');\n"}
+
+
+@pytest.fixture
+def replica_url(pg_server):
+    name = pg_server.create_database()
+    url = pg_server.url_for(name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE whoami (name text); INSERT INTO whoami VALUES ('replica')")
+    yield url
+    pg_server.drop_database(name)
+
+
+def test_queries_go_to_the_replica_and_mutations_to_the_primary(gateway, replica_url):
+    gw = gateway(MODULE, migrations=WHOAMI,
+                 database={"replica_urls": [replica_url], "read_from_replica": True})
+    assert gw.rpc("where").json["data"] == "replica"
+    assert gw.rpc("write").json["data"] == "primary"
+
+
+def test_replicas_are_unused_unless_read_from_replica_is_on(gateway, replica_url):
+    gw = gateway(MODULE, migrations=WHOAMI, database={"replica_urls": [replica_url]})
+    assert gw.rpc("where").json["data"] == "primary"

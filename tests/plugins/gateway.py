@@ -1,0 +1,71 @@
+"""The gateway's falcon app in the test process, against a real PostgreSQL.
+
+For the HTTP contract (routes, errors, auth, CORS, headers, the frontend) a falcon TestClient
+is enough; what needs gunicorn and signals (drain, probes) runs `forge-node run` instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import falcon.testing
+import pytest
+from joserfc import jwt
+from joserfc.jwk import OctKey
+
+from forge_node import config as config_module
+from forge_node.app import load_app
+from forge_node.http.app import DrainFlag, GatewayDeps, create_app
+from forge_node.migrations import Migrator, all_migrations
+
+from .apps import AppDir
+
+SECRET = "test-secret-that-is-at-least-32-bytes-long"
+
+
+def hs256_token(claims: dict[str, Any] | None = None, secret: str = SECRET,
+                ttl: int = 300) -> str:
+    now = int(time.time())
+    payload = {"sub": "user-1", "iat": now, "exp": now + ttl, **(claims or {})}
+    return jwt.encode({"alg": "HS256"}, payload, OctKey.import_key(secret))
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+class Gateway:
+    def __init__(self, app_dir: AppDir, database_url: str) -> None:
+        self.app_dir = app_dir
+        self.config = config_module.load(app_dir.config_path, {"DATABASE_URL": database_url})
+        registry = load_app(self.config.root, self.config.project.app)
+        Migrator(database_url, all_migrations(self.config.root)).up()
+        self.deps = GatewayDeps.build(self.config, database_url, registry, DrainFlag(), "test")
+        self.client = falcon.testing.TestClient(create_app(self.deps))
+
+    def rpc(self, name: str, args: Any = None, **kwargs: Any) -> falcon.testing.Result:
+        body = {} if args is None else {"args": args}
+        return self.client.simulate_post(f"/_api/rpc/{name}", json=body, **kwargs)
+
+    def close(self) -> None:
+        if self.deps.runner is not None:
+            self.deps.runner.close()
+
+
+@pytest.fixture
+def gateway(make_app: Callable[..., AppDir], database_url: str) -> Iterator[Callable[..., Gateway]]:
+    """gateway(module, migrations=..., **sections) -> a Gateway on a migrated test database."""
+    built: list[Gateway] = []
+
+    def build(module: str, migrations: dict[str, str] | None = None,
+              **sections: dict[str, Any]) -> Gateway:
+        sections.setdefault("auth", {"jwt_secret": SECRET})
+        gw = Gateway(make_app(module=module, migrations=migrations, **sections), database_url)
+        built.append(gw)
+        return gw
+
+    yield build
+    for gw in built:
+        gw.close()
