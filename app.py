@@ -1,11 +1,13 @@
-"""The demo app: notes you can list and add over `POST /_api/rpc/{name}`."""
+"""The demo app: notes you can list and add over `POST /_api/rpc/{name}`, and a background
+job that counts each note's words once it is added."""
 
 import forge_node as forge
 
 
 @forge.query(public=True)
 def list_notes(ctx, args):
-    return ctx.db.execute("SELECT id, body, created_at FROM notes ORDER BY id").fetchall()
+    return ctx.db.execute(
+        "SELECT id, body, words, created_at FROM notes ORDER BY id").fetchall()
 
 
 @forge.mutation(public=True)
@@ -14,4 +16,11 @@ def add_note(ctx, args):
     if not isinstance(body, str) or not body.strip():
         raise forge.Error("INVALID_ARGUMENT", "body must be a non-empty string", 400)
     row = ctx.db.execute("INSERT INTO notes (body) VALUES (%s) RETURNING id", [body]).fetchone()
-    return {"id": row[0]}
+    ctx.enqueue("count_words", {"id": row.id})  # in this transaction: no note, no job
+    return {"id": row.id}
+
+
+@forge.job(max_attempts=5)
+def count_words(ctx, args):
+    ctx.db.execute("UPDATE notes SET words = array_length(regexp_split_to_array("
+                   "trim(body), '\\s+'), 1) WHERE id = %s", [args["id"]])

@@ -8,12 +8,15 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .app import mutation, query
+from .app import job, mutation, query
+from .backoff import Backoff
 from .errors import Error, PermanentError
+from .jobs import UnknownJobError, enqueue, enqueue_many
 
 try:
     __version__ = version("forge-node")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0"
 
-__all__ = ["Error", "PermanentError", "__version__", "mutation", "query"]
+__all__ = ["Backoff", "Error", "PermanentError", "UnknownJobError", "__version__", "enqueue",
+           "enqueue_many", "job", "mutation", "query"]

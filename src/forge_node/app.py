@@ -8,6 +8,8 @@ of a restart loop. The decorators register into the registry being loaded.
 from __future__ import annotations
 
 import importlib
+import inspect
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -15,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .backoff import Backoff
 from .config import Config
 from .errors import AppLoadError
 
 Handler = Callable[..., Any]
+_CAPABILITY = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
@@ -33,15 +37,41 @@ class FunctionSpec:
     timeout_secs: float | None = None
 
 
+@dataclass(frozen=True)
+class JobSpec:
+    """A background job: `def f(ctx, args)` or `async def f(ctx, args)`."""
+
+    name: str
+    handler: Handler
+    worker_capability: str | None = None
+    max_attempts: int = 3
+    timeout_secs: float | None = None
+    priority: int = 0
+    backoff: Backoff = field(default_factory=lambda: DEFAULT_JOB_BACKOFF)
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.handler)
+
+
+DEFAULT_JOB_BACKOFF = Backoff(base=1.0, factor=2.0, cap=300.0, jitter=0.25)
+
+
 @dataclass
 class AppRegistry:
     module: str = ""
     functions: dict[str, FunctionSpec] = field(default_factory=dict)
+    jobs: dict[str, JobSpec] = field(default_factory=dict)
 
     def add_function(self, spec: FunctionSpec) -> None:
         if spec.name in self.functions:
             raise AppLoadError(f"two functions are named {spec.name}")
         self.functions[spec.name] = spec
+
+    def add_job(self, spec: JobSpec) -> None:
+        if spec.name in self.jobs:
+            raise AppLoadError(f"two jobs are named {spec.name}")
+        self.jobs[spec.name] = spec
 
     def problems_with(self, config: Config) -> list[str]:
         """What keeps this app from running under `config`, one message per problem."""
@@ -110,3 +140,28 @@ def _function_decorator(kind: str) -> Callable[..., Any]:
 
 query = _function_decorator("query")
 mutation = _function_decorator("mutation")
+
+
+def job(handler: Handler | None = None, *, worker_capability: str | None = None,
+        max_attempts: int = 3, timeout_secs: float | None = None, priority: int = 0,
+        backoff: Backoff | None = None, name: str | None = None) -> Any:
+    """Mark `def f(ctx, args)` (or `async def`) as a background job; bare or with keywords.
+
+    timeout_secs defaults to `[worker] job_timeout_secs`; backoff to exponential from about
+    1 s, +-25% jitter, capped at 5 minutes. Higher priority runs first.
+    """
+
+    def register(fn: Handler) -> Handler:
+        job_name = name or fn.__name__
+        if max_attempts < 1:
+            raise AppLoadError(f"job {job_name}: max_attempts must be at least 1")
+        if timeout_secs is not None and timeout_secs <= 0:
+            raise AppLoadError(f"job {job_name}: timeout_secs must be greater than 0")
+        if worker_capability is not None and not _CAPABILITY.match(worker_capability):
+            raise AppLoadError(f"job {job_name}: worker_capability {worker_capability!r} must "
+                               f"be lowercase letters, digits, '_', '-' or '.'")
+        _current.add_job(JobSpec(job_name, fn, worker_capability, max_attempts, timeout_secs,
+                                 priority, backoff or DEFAULT_JOB_BACKOFF))
+        return fn
+
+    return register(handler) if handler is not None else register

@@ -137,15 +137,34 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class PoolConfig:
+    """`[worker.pools.<capability>]`: overrides for one capability's pool."""
+
+    max_concurrent_jobs: int = REQUIRED
+
+    def problems(self) -> list[str]:
+        return _at_least(self.max_concurrent_jobs, 1, "max_concurrent_jobs")
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     max_concurrent_jobs: int = 20
     poll_interval_ms: int = 100
     job_timeout_secs: float = 3600
+    retention_secs: float = 7 * 24 * 3600
+    pools: dict[str, PoolConfig] = field(default_factory=dict)
 
     def problems(self) -> list[str]:
-        return (_at_least(self.max_concurrent_jobs, 1, "worker.max_concurrent_jobs")
-                + _at_least(self.poll_interval_ms, 1, "worker.poll_interval_ms")
-                + _positive(self.job_timeout_secs, "worker.job_timeout_secs"))
+        found = (_at_least(self.max_concurrent_jobs, 1, "worker.max_concurrent_jobs")
+                 + _at_least(self.poll_interval_ms, 1, "worker.poll_interval_ms")
+                 + _positive(self.job_timeout_secs, "worker.job_timeout_secs")
+                 + _at_least(self.retention_secs, 0, "worker.retention_secs"))
+        return found
+
+    def slots_for(self, capability: str) -> int:
+        """How many jobs of this capability one worker runs at once."""
+        pool = self.pools.get(capability)
+        return pool.max_concurrent_jobs if pool else self.max_concurrent_jobs
 
 
 @dataclass(frozen=True)
@@ -317,8 +336,9 @@ def substitute(text: str, environ: typing.Mapping[str, str]) -> tuple[str, list[
 
 
 def _build_section(name: str, raw: dict[str, Any], environ: typing.Mapping[str, str],
-                   problems: list[str]) -> Any:
-    cls = SECTIONS[name]
+                   problems: list[str], cls: type | None = None) -> Any:
+    """One table as its dataclass; `name` is its dotted path, for messages."""
+    cls = cls or SECTIONS[name]
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
@@ -328,7 +348,11 @@ def _build_section(name: str, raw: dict[str, Any], environ: typing.Mapping[str, 
             problems.append(f"unknown key {name}.{key}{_suggest(key, fields, prefix=name)}; "
                             f'valid keys in [{name}]: {", ".join(fields)}')
             continue
-        converted = _convert(f"{name}.{key}", value, hints[key], environ, problems)
+        if typing.get_origin(hints[key]) is dict:
+            converted = _build_tables(f"{name}.{key}", value, environ, problems,
+                                      typing.get_args(hints[key])[1])
+        else:
+            converted = _convert(f"{name}.{key}", value, hints[key], environ, problems)
         if converted is not _INVALID:
             values[key] = converted
     for key, spec in fields.items():
@@ -337,6 +361,20 @@ def _build_section(name: str, raw: dict[str, Any], environ: typing.Mapping[str, 
     if len(problems) > before:
         return None
     return cls(**values)
+
+
+def _build_tables(name: str, raw: Any, environ: typing.Mapping[str, str], problems: list[str],
+                  cls: type) -> Any:
+    """A table of named tables, e.g. [worker.pools.gpu], [worker.pools.general]."""
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        problems.append(f"{name} must hold tables like [{name}.<name>], got {_describe(raw)}")
+        return _INVALID
+    built = {key: _build_section(f"{name}.{key}", value, environ, problems, cls)
+             for key, value in raw.items()}
+    for key, table in built.items():
+        if table is not None:
+            problems.extend(f"{name}.{key}.{problem}" for problem in table.problems())
+    return _INVALID if None in built.values() else built
 
 
 _INVALID = object()

@@ -1,11 +1,16 @@
-"""What an app function receives as `ctx`."""
+"""What app code receives as `ctx`: in a query or mutation, and in a job."""
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+
+from . import jobs
 
 
 @dataclass
@@ -22,3 +27,64 @@ class FunctionContext:
     db: psycopg.Connection
     auth: dict[str, Any] | None
     request_id: str
+
+    def enqueue(self, name: str, args: dict[str, Any] | None = None, *,
+                run_at: datetime.datetime | None = None, delay_secs: float | None = None,
+                priority: int | None = None, idempotency_key: str | None = None) -> int:
+        """Add a job in this mutation's transaction: it exists only if the mutation commits."""
+        return jobs.enqueue(self.db, name, args, run_at=run_at, delay_secs=delay_secs,
+                            priority=priority, idempotency_key=idempotency_key)
+
+
+class JobContext:
+    """`ctx` of a job.
+
+    db: a connection for the handler's own work, taken from the worker's pool on first use;
+        one transaction, committed when the handler returns and rolled back when it raises
+        (call ctx.db.commit() to commit earlier in a long job).
+    """
+
+    def __init__(self, job: jobs.ClaimedJob, connection: Callable[[], AbstractContextManager],
+                 progress: Callable[[int, str | None], None],
+                 cancel_requested: Callable[[], bool]) -> None:
+        self.job_id = job.id
+        self.attempt = job.attempt
+        self.args = job.args
+        self._connection = connection
+        self._progress = progress
+        self._cancel_requested = cancel_requested
+        self._checkout: AbstractContextManager | None = None
+        self._db: psycopg.Connection | None = None
+
+    @property
+    def db(self) -> psycopg.Connection:
+        if self._db is None:
+            self._checkout = self._connection()
+            self._db = self._checkout.__enter__()
+        return self._db
+
+    def progress(self, percent: int, message: str | None = None) -> None:
+        """Store how far the job is (0-100) and a word on it; `jobs show` displays both."""
+        if not 0 <= percent <= 100:
+            raise ValueError(f"progress must be between 0 and 100, got {percent}")
+        self._progress(int(percent), message)
+
+    def cancel_requested(self) -> bool:
+        """True once `forge-node jobs cancel` asked this job to stop: return soon."""
+        return self._cancel_requested()
+
+    def enqueue(self, name: str, args: dict[str, Any] | None = None, *,
+                run_at: datetime.datetime | None = None, delay_secs: float | None = None,
+                priority: int | None = None, idempotency_key: str | None = None) -> int:
+        """Add a job in this job's transaction on ctx.db."""
+        return jobs.enqueue(self.db, name, args, run_at=run_at, delay_secs=delay_secs,
+                            priority=priority, idempotency_key=idempotency_key)
+
+    def finish(self, exc: BaseException | None) -> None:
+        """Commit the handler's work when it returned, roll it back when it raised."""
+        if self._checkout is not None:
+            checkout, self._checkout, self._db = self._checkout, None, None
+            if exc is None:
+                checkout.__exit__(None, None, None)
+            else:
+                checkout.__exit__(type(exc), exc, exc.__traceback__)

@@ -33,8 +33,10 @@ from .notify import sd_notify
 from .process import READY, ChildContext, spawn
 from .roles import ROLE_PROCESSES, processes_for
 from .services import ServiceRunner
+from .services.cleaner import RetentionCleaner
 from .services.heartbeat import Heartbeat
 from .services.reaper import DeadNodeReaper
+from .services.reclaim import ReclaimJobsOfDeadNodes
 from .wakeup import Waker
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,8 @@ class Supervisor:
         self.services = ServiceRunner(self._connect, [
             Heartbeat(self.node, self.node_status, timing.heartbeat_interval_secs),
             DeadNodeReaper(timing.dead_threshold_secs, timing.heartbeat_interval_secs),
+            ReclaimJobsOfDeadNodes(timing.heartbeat_interval_secs),
+            RetentionCleaner(config.worker.retention_secs),
         ])
 
     def run(self) -> int:

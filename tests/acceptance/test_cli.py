@@ -105,7 +105,8 @@ def test_migrate_up_status_and_down(make_app, database_url):
     status = forge_cli("migrate", "status", *config, env=env)
     assert status.returncode == 0
     assert [line.split()[:4] for line in status.stdout.splitlines()[1:]] == [
-        ["forge", "0001", "cluster", "applied"], ["app", "0001", "a", "applied"]]
+        ["forge", "0001", "cluster", "applied"], ["forge", "0002", "jobs", "applied"],
+        ["app", "0001", "a", "applied"]]
     down = forge_cli("migrate", "down", "--steps", "1", *config, env=env)
     assert down.returncode == 0 and "reverted migrations/0001_a.sql" in down.stdout
     status = forge_cli("migrate", "status", *config, env=env)

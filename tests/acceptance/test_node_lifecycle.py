@@ -130,5 +130,5 @@ def test_three_nodes_on_an_empty_database_apply_each_migration_once(
         node.wait_ready()
     assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
     applied = db.execute("SELECT source, version FROM forge_migrations ORDER BY 1, 2").fetchall()
-    assert applied == [("app", 1), ("app", 2), ("forge", 1)]
+    assert applied == [("app", 1), ("app", 2), ("forge", 1), ("forge", 2)]
     assert len(node_rows(db)) == 3

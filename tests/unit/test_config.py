@@ -204,3 +204,35 @@ def test_function_without_gateway_is_a_warning_not_an_error(tmp_path):
     cfg = config.load(write(tmp_path, '[project]\nname = "d"\n[node]\nroles = ["function"]\n'),
                       {})
     assert any('"function" without "gateway"' in w for w in cfg.warnings)
+
+
+def test_capability_pools_override_the_slot_count(tmp_path):
+    cfg = config.load(write(tmp_path, '''
+        [project]
+        name = "demo"
+        [worker]
+        max_concurrent_jobs = 8
+        retention_secs = 3600
+        [worker.pools.gpu]
+        max_concurrent_jobs = 2
+    '''), {})
+    assert (cfg.worker.slots_for("gpu"), cfg.worker.slots_for("general")) == (2, 8)
+    assert cfg.worker.retention_secs == 3600
+
+
+def test_pool_problems_name_the_pool(tmp_path):
+    found = problems(tmp_path, '''
+        [project]
+        name = "demo"
+        [worker.pools.gpu]
+        max_concurent_jobs = 2
+        [worker.pools.cpu]
+        max_concurrent_jobs = 0
+    ''')
+    assert any("unknown key worker.pools.gpu.max_concurent_jobs (did you mean "
+               "worker.pools.gpu.max_concurrent_jobs?)" in p for p in found)
+    assert any("worker.pools.gpu.max_concurrent_jobs is required" in p for p in found)
+    assert any("worker.pools.cpu.max_concurrent_jobs must be at least 1, got 0" in p
+               for p in found)
+    assert any("worker.pools must hold tables" in p
+               for p in problems(tmp_path, '[project]\nname = "d"\n[worker]\npools = 3\n'))

@@ -6,7 +6,7 @@ from collections import namedtuple
 
 import pytest
 
-from forge_node.http.encoding import dumps, to_jsonable
+from forge_node.encoding import dumps, to_jsonable
 
 
 class Color(enum.Enum):

@@ -5,20 +5,24 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, NoReturn, TypeVar
 
+import psycopg
 import typer
 
 from .. import config as config_module
+from .. import db
 from ..config import Config
 from ..embedded import EmbeddedPostgres
-from ..errors import EXIT_USAGE, ConfigError, ForgeNodeError
+from ..errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, ForgeNodeError
 
 log = logging.getLogger("forge_node")
+T = TypeVar("T")
 
 ConfigPath = Annotated[Path, typer.Option(
     "--config", "-c", envvar="FORGE_CONFIG", show_default=True,
@@ -55,6 +59,18 @@ def load_config(path: Path, exit_code: int = EXIT_USAGE) -> Config:
         fail(exc, exit_code)
 
 
+def with_connection(config: Config, purpose: str, action: Callable[[psycopg.Connection], T]) -> T:
+    """Run `action` on a connection to the node's database; exit 1 with one clear line if not."""
+    try:
+        with database_url(config) as url, db.connect(url, purpose) as conn:
+            return action(conn)
+    except psycopg.errors.UndefinedTable:
+        fail("the database has no forge-node tables yet: start a node or run "
+             "`forge-node migrate up`", EXIT_FAILURE)
+    except (ForgeNodeError, psycopg.Error) as exc:
+        fail(db.first_line(exc), EXIT_FAILURE)
+
+
 @contextmanager
 def database_url(config: Config) -> Iterator[str]:
     """The configured database, or the embedded development one when none is configured."""
@@ -69,3 +85,20 @@ def database_url(config: Config) -> Iterator[str]:
         yield url
     finally:
         server.stop()
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], empty: str) -> str:
+    """Rows aligned under their headers, or one line saying there is nothing."""
+    if not rows:
+        return f"{headers[0]}: {empty}"
+    cells = [list(headers), *[["-" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)
+
+
+def json_default(value: object) -> str:
+    """json.dumps(default=...) for what the database hands back."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot encode {type(value).__name__}")

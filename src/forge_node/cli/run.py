@@ -12,7 +12,6 @@ from ..cluster import NodeIdentity
 from ..errors import EXIT_CONFIG, AppLoadError, ForgeNodeError
 from ..migrations import Migrator, all_migrations
 from ..observability import logs
-from ..supervisor import Supervisor
 from .common import DEFAULT_CONFIG, ConfigPath, database_url, fail, load_config
 
 log = logging.getLogger("forge_node")
@@ -20,6 +19,10 @@ log = logging.getLogger("forge_node")
 
 def run(config_path: ConfigPath = DEFAULT_CONFIG) -> None:
     """Start a node: the roles in [node] roles, supervised until SIGTERM."""
+    # imported here: the roles pull in gunicorn, falcon and joserfc, which the other
+    # commands do not need (and a node pays for once)
+    from ..supervisor import Supervisor
+
     config = load_config(config_path, EXIT_CONFIG)
     node = NodeIdentity.for_this_process(config.node.roles, config.node.worker_capabilities,
                                          __version__)

@@ -12,7 +12,7 @@ import logging
 
 import falcon
 
-from .encoding import dumps
+from ..encoding import dumps
 
 log = logging.getLogger("forge_node.http")
 

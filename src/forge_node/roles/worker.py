@@ -1,9 +1,321 @@
-"""The worker role: runs the app's background jobs."""
+"""The worker role: claims jobs from `forge_jobs` and runs the app's handlers.
+
+One main thread owns the queue connection and every write about a job: it claims into each
+capability's pool (`jobpool.JobPool`), collects outcomes in batches, retries with backoff,
+buries what is out of attempts, and gives up on jobs past their timeout. It sleeps until a
+NOTIFY (a job was enqueued or cancelled), an outcome, or the poll interval, whichever comes
+first, so a lost notification costs at most one poll interval.
+
+On SIGTERM it stops claiming, gives back the jobs it claimed but did not start, lets the
+running ones finish within the node's drain timeout, and gives back the rest: nothing is
+lost and nothing is left running.
+"""
 
 from __future__ import annotations
 
-from ..process import RoleProcess
+import asyncio
+import collections
+import logging
+import time
+import traceback
+from typing import Any
+
+import psycopg
+
+from .. import db, jobs
+from ..app import DEFAULT_JOB_BACKOFF
+from ..context import JobContext
+from ..encoding import to_jsonable
+from ..errors import DatabaseUnavailable, PermanentError
+from ..jobpool import JobPool, Outcome, RunningJob
+from ..jobs import CANCEL_CHANNEL, NOTIFY_CHANNEL, ClaimedJob, WorkerQueue
+from ..listener import Listener
+from ..process import READY, REPORT_INTERVAL_SECS, RoleProcess
+
+log = logging.getLogger(__name__)
+
+CANCEL_CHECK_SECS = 1.0
+DRAIN_MARGIN_SECS = 1.0      # finish draining this long before the supervisor's SIGKILL
+RECONNECT_DELAY_SECS = 1.0
 
 
 class WorkerProcess(RoleProcess):
     role = "worker"
+
+    def boot(self) -> None:
+        super().boot()
+        config, ctx = self.ctx.config, self.ctx
+        purpose = f"worker {str(ctx.node_id)[:8]}"
+        self.poll_interval = config.worker.poll_interval_ms / 1000
+        self.default_timeout = config.worker.job_timeout_secs
+        self.reported: collections.deque[Outcome] = collections.deque()
+        self.unrecorded: list[Outcome] = []
+        self.pools = [JobPool(capability, config.worker.slots_for(capability), take_any=i == 0,
+                              execute=self.execute, report=self.report)
+                      for i, capability in enumerate(config.node.worker_capabilities)]
+        slots = sum(pool.slots for pool in self.pools)
+        self.handler_db = db.create_pool(ctx.database_url, f"{purpose} jobs", min_size=0,
+                                         max_size=slots + 2)
+        self.handler_db.open(wait=False)
+        self.listener = Listener(ctx.database_url, (NOTIFY_CHANNEL, CANCEL_CHANNEL), purpose)
+        self.queue: WorkerQueue | None = None
+        self.purpose = purpose
+        self.reclaimed = False
+        self.next_poll = 0.0
+        self.next_cancel_check = 0.0
+        self.database_lost_at: float | None = None
+        for pool in self.pools:
+            pool.start()
+
+    def run(self) -> None:
+        self.reports.send(READY)
+        while not self.stopping:
+            self.tick()
+            self.guarded(self.run_once)
+            self.wait_for_work()
+
+    def run_once(self) -> None:
+        """One turn: wake-ups, outcomes, timeouts, cancel requests, then new claims."""
+        self.reclaim_jobs_left_running()
+        self.read_notifications()
+        self.collect_outcomes()
+        self.expire_overdue_jobs()
+        self.record_outcomes()
+        self.refresh_cancel_requests()
+        self.claim_jobs()
+
+    def guarded(self, step: Any) -> bool:
+        """Run a step; a lost database is logged once and retried on a later turn."""
+        if self.database_lost_at and time.monotonic() - self.database_lost_at < \
+                RECONNECT_DELAY_SECS:
+            return False
+        try:
+            step()
+        except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable) as exc:
+            if self.database_lost_at is None:
+                log.warning("worker lost the database: %s; retrying", db.first_line(exc),
+                            extra={"event": "worker.database_lost"})
+            self.database_lost_at = time.monotonic()
+            if self.queue is not None:
+                self.queue.conn.close()
+                self.queue = None
+            return False
+        except psycopg.Error:
+            log.exception("a worker step failed; retrying", extra={"event": "worker.step_failed"})
+            self.database_lost_at = time.monotonic()  # wait a moment before the next try
+            return False
+        if self.database_lost_at is not None:
+            log.info("worker reached the database again", extra={"event": "worker.database_back"})
+            self.database_lost_at = None
+        return True
+
+    def connection(self) -> WorkerQueue:
+        if self.queue is None or self.queue.conn.closed or self.queue.conn.broken:
+            self.queue = WorkerQueue(db.connect(self.ctx.database_url, self.purpose),
+                                     self.ctx.node_id)
+        return self.queue
+
+    # -- the steps of a turn ---------------------------------------------------------------
+
+    def reclaim_jobs_left_running(self) -> None:
+        """Before the first claim: jobs a crashed predecessor on this node left running."""
+        if self.reclaimed:
+            return
+        error = "the worker process on this node exited before the job finished"
+        for job_id, status in self.connection().reclaim_jobs_of_node(error):
+            log.warning("job %d was left running by a previous worker on this node: now %s",
+                        job_id, status, extra={"event": "job.reclaimed_after_restart",
+                                               "job_id": job_id})
+        self.reclaimed = True
+
+    def read_notifications(self) -> None:
+        notes = self.listener.poll()
+        if notes is None:  # (re)connected: anything may have been missed
+            self.next_poll = 0.0
+            self.next_cancel_check = 0.0
+            return
+        for note in notes:
+            if note.channel == CANCEL_CHANNEL:
+                self.next_cancel_check = 0.0
+                continue
+            for pool in self.pools:
+                if note.payload == pool.capability or (note.payload == "*" and pool.take_any):
+                    pool.queue_may_have_work = True
+
+    def collect_outcomes(self) -> None:
+        while self.reported:
+            outcome = self.reported.popleft()
+            if self.pool_of(outcome.running.job).collect(outcome):
+                self.unrecorded.append(outcome)
+
+    def expire_overdue_jobs(self) -> None:
+        now = time.monotonic()
+        for pool in self.pools:
+            for running in pool.running():
+                if running.deadline is not None and now > running.deadline:
+                    pool.abandon(running)
+                    log.warning("job %d (%s) timed out after %g s", running.job.id,
+                                running.job.type, running.timeout_secs,
+                                extra={"event": "job.timeout", "job_id": running.job.id})
+                    self.unrecorded.append(Outcome(
+                        running, ok=False, error=f"timed out after {running.timeout_secs:g} s"))
+
+    def record_outcomes(self) -> None:
+        if not self.unrecorded:
+            return
+        queue = self.connection()
+        done = [o for o in self.unrecorded if o.ok]
+        failed = [o for o in self.unrecorded if not o.ok]
+        if done:
+            fenced = queue.complete([(o.running.job.id, o.running.job.attempt, o.result)
+                                     for o in done])
+            for job_id in fenced:
+                log.warning("job %d finished here, but another node had taken it over; "
+                            "its result is discarded", job_id,
+                            extra={"event": "job.fenced", "job_id": job_id})
+        self.unrecorded = failed
+        while self.unrecorded:
+            self.record_failure(queue, self.unrecorded[0])
+            self.unrecorded.pop(0)
+
+    def record_failure(self, queue: WorkerQueue, outcome: Outcome) -> None:
+        job = outcome.running.job
+        spec = self.ctx.app.jobs.get(job.type)
+        last_attempt = outcome.permanent or job.attempt >= job.max_attempts
+        if last_attempt:
+            status = queue.bury(job, outcome.error)
+        else:
+            backoff = spec.backoff if spec else DEFAULT_JOB_BACKOFF
+            delay = backoff.delay(job.attempt)
+            status = queue.retry(job, delay, outcome.error)
+        if status is None:
+            log.warning("job %d failed here, but another node had taken it over", job.id,
+                        extra={"event": "job.fenced", "job_id": job.id})
+            return
+        level = logging.ERROR if status == "dead" else logging.WARNING
+        log.log(level, "job %d (%s) attempt %d/%d failed: %s; now %s", job.id, job.type,
+                job.attempt, job.max_attempts, outcome.error.splitlines()[0], status,
+                extra={"event": f"job.{'dead' if status == 'dead' else 'failed'}",
+                       "job_id": job.id, "job_type": job.type, "status": status})
+
+    def refresh_cancel_requests(self) -> None:
+        now = time.monotonic()
+        if now < self.next_cancel_check:
+            return
+        self.next_cancel_check = now + CANCEL_CHECK_SECS
+        if not any(pool.in_hand for pool in self.pools):
+            return
+        requested = self.connection().cancel_requests()
+        for pool in self.pools:
+            for job_id, running in pool.in_hand.items():
+                if job_id in requested:
+                    running.cancel_flag = True
+
+    def claim_jobs(self) -> None:
+        now = time.monotonic()
+        if now >= self.next_poll:
+            self.next_poll = now + self.poll_interval
+            for pool in self.pools:
+                pool.queue_may_have_work = True
+        for pool in self.pools:
+            wants = pool.wants()
+            worth_a_claim = wants >= max(1, pool.slots // 2) or len(pool.in_hand) == 0
+            if pool.queue_may_have_work and wants > 0 and worth_a_claim:
+                claimed = self.connection().claim(pool.capability, wants, pool.take_any)
+                pool.submit([RunningJob(job, job.timeout_secs or self.default_timeout,
+                                        job.cancel_requested) for job in claimed])
+                if len(claimed) < wants:
+                    pool.queue_may_have_work = False
+
+    def wait_for_work(self) -> None:
+        if self.reported or self.stopping:
+            return
+        now = time.monotonic()
+        deadlines = [r.deadline for p in self.pools for r in p.running() if r.deadline]
+        timeout = min([REPORT_INTERVAL_SECS, max(0.0, self.next_poll - now),
+                       *(max(0.0, d - now) for d in deadlines)])
+        fd = self.listener.fileno()
+        self.waker.wait(timeout, [fd] if fd is not None else [])
+
+    # -- in a pool's thread ----------------------------------------------------------------
+
+    def execute(self, running: RunningJob) -> Outcome:
+        """Run one job's handler; commit its work only if it returned (and in time)."""
+        job = running.job
+        spec = self.ctx.app.jobs.get(job.type)
+        if spec is None:
+            return Outcome(running, ok=False, error=f"this worker has no job named {job.type!r}")
+        if running.cancel_flag:
+            return Outcome(running, ok=True)  # cancelled before it started
+        ctx = JobContext(job, self.handler_db.connection,
+                         lambda percent, message: self.write_progress(job, percent, message),
+                         lambda: running.cancel_flag)
+        try:
+            if spec.is_async:
+                result = asyncio.run(spec.handler(ctx, job.args))
+            else:
+                result = spec.handler(ctx, job.args)
+            value = to_jsonable(result)
+            ctx.finish(TimeoutError("abandoned") if running.abandoned else None)
+        except Exception as exc:
+            ctx.finish(exc)
+            return Outcome(running, ok=False, error=_describe(exc),
+                           permanent=isinstance(exc, PermanentError))
+        return Outcome(running, ok=True, result=value)
+
+    def report(self, outcome: Outcome) -> None:
+        self.reported.append(outcome)
+        if len(self.reported) == 1:
+            self.waker.wake()
+
+    def write_progress(self, job: ClaimedJob, percent: int, message: str | None) -> None:
+        with self.handler_db.connection() as conn:
+            jobs.set_progress(conn, job, self.ctx.node_id, percent, message)
+
+    def pool_of(self, job: ClaimedJob) -> JobPool:
+        for pool in self.pools:
+            if job.capability == pool.capability:
+                return pool
+        return self.pools[0]
+
+    # -- drain -----------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Give back unstarted jobs, let running ones finish in time, give back the rest."""
+        deadline = time.monotonic() + max(
+            0.0, self.ctx.config.node.drain_timeout_secs - DRAIN_MARGIN_SECS)
+        unstarted = [r.job for pool in self.pools for r in pool.take_unstarted()]
+        self.give_back(unstarted, deadline, "claimed but not started")
+        while any(pool.in_hand for pool in self.pools) and time.monotonic() < deadline:
+            self.guarded(self.collect_and_record)
+            self.waker.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+        self.guarded(self.collect_and_record)
+        unfinished = [r.job for pool in self.pools for r in pool.running()]
+        self.give_back(unfinished, deadline + DRAIN_MARGIN_SECS / 2, "not finished in time")
+        for pool in self.pools:
+            pool.close()
+        self.listener.close()
+        self.handler_db.close(timeout=0.5)
+        if self.queue is not None:
+            self.queue.conn.close()
+
+    def collect_and_record(self) -> None:
+        self.collect_outcomes()
+        self.expire_overdue_jobs()
+        self.record_outcomes()
+
+    def give_back(self, claimed: list[ClaimedJob], deadline: float, why: str) -> None:
+        while claimed and time.monotonic() < deadline:
+            if self.guarded(lambda: self.connection().release(claimed)):
+                log.info("gave back %d jobs (%s)", len(claimed), why,
+                         extra={"event": "worker.released", "count": len(claimed)})
+                return
+            time.sleep(0.1)
+        if claimed:
+            log.warning("could not give back %d jobs; they return to pending when this node "
+                        "is declared dead", len(claimed), extra={"event": "worker.release_failed"})
+
+
+def _describe(exc: BaseException) -> str:
+    trace = "".join(traceback.format_exception(exc)).rstrip()
+    return f"{type(exc).__name__}: {exc}\n{trace}"

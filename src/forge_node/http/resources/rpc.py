@@ -9,8 +9,8 @@ import falcon
 
 from ...app import AppRegistry, FunctionSpec
 from ...auth import InvalidToken, KeysUnavailable, TokenVerifier
+from ...encoding import dumps, to_jsonable
 from ...errors import Error
-from ..encoding import dumps, to_jsonable
 from ..errors import (
     FORBIDDEN,
     FUNCTION_ROLE_DISABLED,

@@ -1,4 +1,4 @@
-"""JSON for function results: rows become objects, and dates, UUIDs, Decimals, bytes and
+"""JSON for function and job results: rows become objects, and dates, UUIDs, Decimals, bytes and
 sets encode the way an API client expects."""
 
 from __future__ import annotations

@@ -1,0 +1,4 @@
+ALTER TABLE notes ADD COLUMN words integer;
+
+-- @down
+ALTER TABLE notes DROP COLUMN words;

@@ -1,0 +1,130 @@
+"""One capability's pool in a worker: its slots, its threads, and the jobs in its hands.
+
+The worker's main thread claims jobs into a pool (up to twice its slots, so a thread never
+waits for the next claim) and collects what the threads report. A pool's threads only run
+handlers and report outcomes; every database write about a job happens on the main thread.
+
+A job that outlives its timeout is abandoned: the main thread records the timeout, and a new
+thread takes the old one's place so the pool keeps its size. Python cannot stop a thread, so
+the abandoned one runs on until its handler returns, and its result is thrown away. A
+handler that never returns keeps its thread (and whatever it holds) until the worker
+process restarts.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .jobs import ClaimedJob
+
+
+@dataclass(eq=False)
+class RunningJob:
+    """A claimed job in this worker: waiting for a thread, then running."""
+
+    job: ClaimedJob
+    timeout_secs: float
+    cancel_flag: bool = False
+    started_at: float | None = None
+    abandoned: bool = False
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.started_at is None else self.started_at + self.timeout_secs
+
+
+@dataclass(eq=False)
+class Outcome:
+    running: RunningJob
+    ok: bool
+    result: Any = None
+    error: str = ""
+    permanent: bool = False
+    finished_at: float = field(default_factory=time.monotonic)
+
+
+class JobPool:
+    def __init__(self, capability: str, slots: int, take_any: bool,
+                 execute: Callable[[RunningJob], Outcome],
+                 report: Callable[[Outcome], None]) -> None:
+        self.capability = capability
+        self.slots = slots
+        self.take_any = take_any
+        self._execute = execute
+        self._report = report
+        self._ready: collections.deque[RunningJob] = collections.deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self.in_hand: dict[int, RunningJob] = {}  # main thread only: claimed, not collected
+        self.queue_may_have_work = True
+
+    @property
+    def capacity(self) -> int:
+        return 2 * self.slots
+
+    def wants(self) -> int:
+        return self.capacity - len(self.in_hand)
+
+    def start(self) -> None:
+        for _ in range(self.slots):
+            self._start_thread()
+
+    def submit(self, jobs: list[RunningJob]) -> None:
+        for running in jobs:
+            self.in_hand[running.job.id] = running
+        with self._cond:
+            self._ready.extend(jobs)
+            self._cond.notify(len(jobs))
+
+    def collect(self, outcome: Outcome) -> bool:
+        """Forget a job whose outcome arrived; False when it was already given up on."""
+        return self.in_hand.pop(outcome.running.job.id, None) is outcome.running
+
+    def running(self) -> list[RunningJob]:
+        return [r for r in self.in_hand.values() if r.started_at is not None]
+
+    def take_unstarted(self) -> list[RunningJob]:
+        """Remove and return the jobs no thread has started (for a drain)."""
+        with self._cond:
+            unstarted = list(self._ready)
+            self._ready.clear()
+        for running in unstarted:
+            self.in_hand.pop(running.job.id, None)
+        return unstarted
+
+    def abandon(self, running: RunningJob) -> None:
+        """Give up on a started job: its thread is replaced, its late result ignored."""
+        with self._cond:
+            running.abandoned = True
+            self._start_thread()
+        self.in_hand.pop(running.job.id, None)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(target=self._thread_main, daemon=True,
+                                  name=f"job-{self.capability}")
+        thread.start()
+
+    def _thread_main(self) -> None:
+        while True:
+            with self._cond:
+                while not self._ready and not self._closing:
+                    self._cond.wait()
+                if not self._ready:
+                    return
+                running = self._ready.popleft()
+                running.started_at = time.monotonic()
+            outcome = self._execute(running)
+            with self._cond:  # decided together with abandon(): report, or leave quietly
+                if running.abandoned:
+                    return
+                self._report(outcome)

@@ -1,0 +1,70 @@
+"""LISTEN on a dedicated connection, reconnecting when the server goes away.
+
+`conn.notifies()` raises when PostgreSQL restarts; the listener then drops the connection,
+and the next `poll()` connects and LISTENs again. Its caller treats every reconnect as
+"something may have been missed" and polls the queue once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+
+from . import db
+from .errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class Listener:
+    def __init__(self, url: str, channels: tuple[str, ...], purpose: str) -> None:
+        self.url = url
+        self.channels = channels
+        self.purpose = purpose
+        self._conn: psycopg.Connection | None = None
+        self._lost = False
+
+    def fileno(self) -> int | None:
+        """The socket to select() on, or None while disconnected."""
+        return self._conn.pgconn.socket if self._conn is not None else None
+
+    def poll(self) -> list[psycopg.Notify] | None:
+        """Notifications received so far; None after a (re)connect: the caller should poll."""
+        if self._conn is None:
+            return self._connect()
+        try:
+            return list(self._conn.notifies(timeout=0))
+        except psycopg.Error as exc:
+            self._drop(exc)
+            return None
+
+    def _connect(self) -> None:
+        try:
+            conn = db.connect(self.url, self.purpose)
+            for channel in self.channels:
+                conn.execute(f"LISTEN {channel}")
+        except (DatabaseUnavailable, psycopg.Error) as exc:
+            if not self._lost:
+                log.warning("cannot listen for wake-ups: %s; polling meanwhile",
+                            db.first_line(exc), extra={"event": "worker.listener_lost"})
+            self._lost = True
+            return None
+        if self._lost:
+            log.info("listening for wake-ups again", extra={"event": "worker.listener_back"})
+        self._lost = False
+        self._conn = conn
+        return None
+
+    def _drop(self, exc: Exception) -> None:
+        log.warning("lost the wake-up connection: %s", db.first_line(exc),
+                    extra={"event": "worker.listener_lost"})
+        self._lost = True
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
