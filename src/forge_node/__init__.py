@@ -8,7 +8,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .app import job, mutation, query
+from .app import cron, job, mutation, query
 from .backoff import Backoff
 from .errors import Error, PermanentError
 from .jobs import UnknownJobError, enqueue, enqueue_many
@@ -18,5 +18,5 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0"
 
-__all__ = ["Backoff", "Error", "PermanentError", "UnknownJobError", "__version__", "enqueue",
-           "enqueue_many", "job", "mutation", "query"]
+__all__ = ["Backoff", "Error", "PermanentError", "UnknownJobError", "__version__", "cron",
+           "enqueue", "enqueue_many", "job", "mutation", "query"]

@@ -7,6 +7,7 @@ of a restart loop. The decorators register into the registry being loaded.
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import inspect
 import re
@@ -19,6 +20,7 @@ from typing import Any
 
 from .backoff import Backoff
 from .config import Config
+from .crons import InvalidSchedule, Schedule
 from .errors import AppLoadError
 
 Handler = Callable[..., Any]
@@ -57,11 +59,26 @@ class JobSpec:
 DEFAULT_JOB_BACKOFF = Backoff(base=1.0, factor=2.0, cap=300.0, jitter=0.25)
 
 
+@dataclass(frozen=True)
+class CronSpec:
+    """A cron: each tick is a job of type `cron:<name>` run by a worker."""
+
+    name: str
+    schedule: Schedule
+    catch_up: bool = False
+    catch_up_limit: int = 10
+
+    @property
+    def job_type(self) -> str:
+        return f"cron:{self.name}"
+
+
 @dataclass
 class AppRegistry:
     module: str = ""
     functions: dict[str, FunctionSpec] = field(default_factory=dict)
     jobs: dict[str, JobSpec] = field(default_factory=dict)
+    crons: dict[str, CronSpec] = field(default_factory=dict)
 
     def add_function(self, spec: FunctionSpec) -> None:
         if spec.name in self.functions:
@@ -165,3 +182,49 @@ def job(handler: Handler | None = None, *, worker_capability: str | None = None,
         return fn
 
     return register(handler) if handler is not None else register
+
+
+def cron(expression: str | None = None, *, every_secs: float | None = None,
+         timezone: str = "UTC", catch_up: bool = False, catch_up_limit: int = 10,
+         worker_capability: str | None = None, max_attempts: int = 3,
+         timeout_secs: float | None = None, priority: int = 0,
+         name: str | None = None) -> Callable[[Handler], Handler]:
+    """Mark `def f(ctx)` to run on a schedule: `@forge.cron("*/5 * * * *")`,
+    `@forge.cron("@daily", timezone="Europe/Berlin")`, `@forge.cron("*/2 * * * * *")` (with a
+    leading seconds field) or `@forge.cron(every_secs=1)`.
+
+    Each tick becomes a job run by a worker, with the job keywords' retries, timeout and
+    capability; `ctx.scheduled_for` is the tick it belongs to. With `catch_up=True`, ticks
+    missed while no scheduler led are run (the last `catch_up_limit` of them); otherwise a
+    missed tick is skipped and logged.
+    """
+
+    def register(fn: Handler) -> Handler:
+        cron_name = name or fn.__name__
+        try:
+            schedule = Schedule.parse(expression, every_secs, timezone)
+        except InvalidSchedule as exc:
+            raise AppLoadError(f"cron {cron_name}: {exc}") from None
+        if catch_up_limit < 1:
+            raise AppLoadError(f"cron {cron_name}: catch_up_limit must be at least 1")
+        spec = CronSpec(cron_name, schedule, catch_up, catch_up_limit)
+        job(_run_tick(fn), name=spec.job_type, worker_capability=worker_capability,
+            max_attempts=max_attempts, timeout_secs=timeout_secs, priority=priority)
+        _current.crons[cron_name] = spec
+        return fn
+
+    return register
+
+
+def _run_tick(fn: Handler) -> Handler:
+    """The job that runs one tick: `ctx.scheduled_for` set, then `fn(ctx)`."""
+    if inspect.iscoroutinefunction(fn):
+        async def run_async(ctx: Any, args: dict[str, Any]) -> Any:
+            ctx.scheduled_for = datetime.datetime.fromisoformat(args["scheduled_for"])
+            return await fn(ctx)
+        return run_async
+
+    def run(ctx: Any, args: dict[str, Any]) -> Any:
+        ctx.scheduled_for = datetime.datetime.fromisoformat(args["scheduled_for"])
+        return fn(ctx)
+    return run

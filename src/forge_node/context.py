@@ -42,6 +42,7 @@ class JobContext:
     db: a connection for the handler's own work, taken from the worker's pool on first use;
         one transaction, committed when the handler returns and rolled back when it raises
         (call ctx.db.commit() to commit earlier in a long job).
+    scheduled_for: in a cron's run, the tick it belongs to.
     """
 
     def __init__(self, job: jobs.ClaimedJob, connection: Callable[[], AbstractContextManager],
@@ -50,6 +51,7 @@ class JobContext:
         self.job_id = job.id
         self.attempt = job.attempt
         self.args = job.args
+        self.scheduled_for: datetime.datetime | None = None  # set for a cron's tick
         self._connection = connection
         self._progress = progress
         self._cancel_requested = cancel_requested

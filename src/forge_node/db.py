@@ -19,25 +19,31 @@ _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
                "keepalives_count": 3}
 
 
-def connection_kwargs(purpose: str, statement_timeout_secs: float | None = None) -> dict:
+def connection_kwargs(purpose: str, statement_timeout_secs: float | None = None,
+                      settings: dict[str, object] | None = None) -> dict:
     """libpq settings shared by every connection forge-node opens.
 
     `purpose` becomes the application_name, so `pg_stat_activity` tells which node and
-    role holds a session (and which one holds a lock).
+    role holds a session (and which one holds a lock). `settings` are session settings
+    (`SET name = value` at connect).
     """
     kwargs: dict = {"application_name": f"forge-node {purpose}"[:63],
                     "connect_timeout": CONNECT_TIMEOUT_SECS, **_KEEPALIVES}
+    session = dict(settings or {})
     if statement_timeout_secs:
-        kwargs["options"] = f"-c statement_timeout={int(statement_timeout_secs * 1000)}"
+        session["statement_timeout"] = int(statement_timeout_secs * 1000)
+    if session:
+        kwargs["options"] = " ".join(f"-c {name}={value}" for name, value in session.items())
     return kwargs
 
 
 def connect(url: str, purpose: str, *, statement_timeout_secs: float | None = None,
-            autocommit: bool = True) -> psycopg.Connection:
+            autocommit: bool = True,
+            settings: dict[str, object] | None = None) -> psycopg.Connection:
     """A dedicated connection; DatabaseUnavailable names the failure without the URL's password."""
     try:
         return psycopg.connect(url, autocommit=autocommit,
-                               **connection_kwargs(purpose, statement_timeout_secs))
+                               **connection_kwargs(purpose, statement_timeout_secs, settings))
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {first_line(exc)}") from exc
 

@@ -1,9 +1,160 @@
-"""The scheduler role: fires the app's crons."""
+"""The scheduler role: scheduler nodes elect one leader, and the leader fires the app's crons.
+
+Each tick is claimed in the same transaction that enqueues its job (a row per cron and
+scheduled time in `forge_cron_ticks`), so a tick fires exactly once across the cluster,
+during a failover and when two leaders briefly overlap. A leader checks its lock session
+before every tick and stops leading at once when it is gone.
+
+When it becomes leader, a scheduler looks at the last tick each cron fired: ticks missed
+since then are run (the last `catch_up_limit` of them) for crons with `catch_up=True`, and
+skipped with a log line for the others. A cron never fired before starts from now.
+"""
 
 from __future__ import annotations
 
-from ..process import RoleProcess
+import datetime
+import logging
+import time
+
+import psycopg
+
+from .. import crons, db, jobs
+from ..app import CronSpec
+from ..errors import DatabaseUnavailable
+from ..leader import LEADER_CHANNEL, LeaderElection
+from ..listener import Listener
+from ..process import READY, REPORT_INTERVAL_SECS, RoleProcess
+
+log = logging.getLogger(__name__)
+
+LEADER_RETRY_SECS = 0.5
 
 
 class SchedulerProcess(RoleProcess):
     role = "scheduler"
+
+    def boot(self) -> None:
+        super().boot()
+        ctx = self.ctx
+        purpose = f"scheduler {str(ctx.node_id)[:8]}"
+        self.crons = list(ctx.app.crons.values())
+        self.election = LeaderElection(ctx.database_url, "scheduler", ctx.node_id, purpose)
+        self.listener = Listener(ctx.database_url, (LEADER_CHANNEL,), purpose)
+        self.next_fire: dict[str, datetime.datetime] = {}
+        self.next_attempt = 0.0
+        self.purpose = purpose
+        self.database_lost = False
+
+    def run(self) -> None:
+        self.reports.send(READY)
+        while not self.stopping:
+            self.tick()
+            self.guarded(self.run_once)
+            self.wait()
+
+    def run_once(self) -> None:
+        self.read_notifications()
+        if not self.election.is_leader:
+            self.compete()
+        elif not self.election.still_leader():
+            self.next_attempt = 0.0  # compete again at once
+        else:
+            self.fire_due_ticks(now())
+
+    def guarded(self, step: object) -> None:
+        try:
+            step()
+        except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable) as exc:
+            if not self.database_lost:
+                log.warning("scheduler lost the database: %s; retrying", db.first_line(exc),
+                            extra={"event": "scheduler.database_lost"})
+            self.database_lost = True
+            self.election.close()
+            self.next_attempt = time.monotonic() + LEADER_RETRY_SECS
+            return
+        if self.database_lost:
+            log.info("scheduler reached the database again",
+                     extra={"event": "scheduler.database_back"})
+            self.database_lost = False
+
+    def read_notifications(self) -> None:
+        if self.listener.poll():  # a leader stood down: try at once
+            self.next_attempt = 0.0
+
+    def compete(self) -> None:
+        if time.monotonic() < self.next_attempt:
+            return
+        self.next_attempt = time.monotonic() + LEADER_RETRY_SECS
+        if self.election.try_acquire():
+            log.info("elected scheduler leader", extra={"event": "leader.elected",
+                                                        "leader_role": "scheduler"})
+            self.plan_after_election(now())
+
+    def plan_after_election(self, moment: datetime.datetime) -> None:
+        """Catch up (or skip) what was missed without a leader; plan every cron's next tick."""
+        with db.connect(self.ctx.database_url, self.purpose) as conn:
+            last = crons.last_ticks(conn)
+        for cron in self.crons:
+            self.next_fire[cron.name] = cron.schedule.next_after(moment)
+            if cron.name not in last:
+                continue
+            missed = cron.schedule.ticks_between(last[cron.name], moment, 100_000)
+            self.handle_missed(cron, missed)
+
+    def handle_missed(self, cron: CronSpec, missed: list[datetime.datetime]) -> None:
+        run = missed[-cron.catch_up_limit:] if cron.catch_up else []
+        skipped = len(missed) - len(run)
+        if skipped:
+            log.warning("cron %s: skipped %d missed tick(s), the last scheduled for %s%s",
+                        cron.name, skipped, missed[-len(run) - 1].isoformat(),
+                        "" if cron.catch_up else " (catch_up is off)",
+                        extra={"event": "cron.missed", "cron": cron.name, "skipped": skipped})
+        for tick in run:
+            self.fire(cron, tick)
+
+    def fire_due_ticks(self, moment: datetime.datetime) -> None:
+        for cron in self.crons:
+            due = []
+            while self.next_fire[cron.name] <= moment:
+                due.append(self.next_fire[cron.name])
+                self.next_fire[cron.name] = cron.schedule.next_after(self.next_fire[cron.name])
+            if len(due) > 1:  # this leader fell behind (a pause, a slow database)
+                self.handle_missed(cron, due[:-1])
+            if due:
+                self.fire(cron, due[-1])
+
+    def fire(self, cron: CronSpec, scheduled_for: datetime.datetime) -> None:
+        """Claim the tick and enqueue its job in one transaction."""
+        with db.connect(self.ctx.database_url, self.purpose, autocommit=False) as conn:
+            if not crons.claim_tick(conn, cron.name, scheduled_for, self.ctx.node_id):
+                return  # another leader fired it
+            job_id = jobs.enqueue(conn, cron.job_type,
+                                  {"scheduled_for": scheduled_for.isoformat()})
+            crons.attach_job(conn, cron.name, scheduled_for, job_id)
+        log.info("cron %s fired for %s (job %d)", cron.name, scheduled_for.isoformat(), job_id,
+                 extra={"event": "cron.tick", "cron": cron.name, "job_id": job_id,
+                        "scheduled_for": scheduled_for.isoformat()})
+
+    def wait(self) -> None:
+        if self.stopping:
+            return
+        if self.election.is_leader and self.next_fire:
+            until_tick = (min(self.next_fire.values()) - now()).total_seconds()
+            timeout = min(REPORT_INTERVAL_SECS, max(0.0, until_tick))
+        else:
+            timeout = min(REPORT_INTERVAL_SECS,
+                          max(0.0, self.next_attempt - time.monotonic()))
+        fd = self.listener.fileno()
+        self.waker.wait(timeout, [fd] if fd is not None else [])
+
+    def shutdown(self) -> None:
+        """Stand down so that a standby takes over at once."""
+        if self.election.is_leader:
+            log.info("standing down as scheduler leader", extra={"event": "leader.resigned",
+                                                                 "leader_role": "scheduler"})
+        self.election.resign()
+        self.listener.close()
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)

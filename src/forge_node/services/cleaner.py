@@ -1,5 +1,6 @@
 """Deletes finished jobs (completed, dead, cancelled) older than `[worker] retention_secs`,
-in small batches so no run holds locks for long, one node at a time."""
+in small batches so no run holds locks for long, one node at a time; and fired cron ticks as
+old, keeping each cron's latest (the scheduler catches up from it)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 
 import psycopg
 
-from .. import jobs
+from .. import crons, jobs
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ class RetentionCleaner:
     def run_once(self, conn: psycopg.Connection) -> int | None:
         """How many jobs were deleted; None when another node held the cleaner lock."""
         deleted = jobs.delete_finished_jobs(conn, self.retention_secs, BATCH, MAX_BATCHES_PER_RUN)
+        if deleted is not None:
+            crons.delete_old_ticks(conn, self.retention_secs)
         if deleted:
             log.info("deleted %d finished jobs older than %g s", deleted, self.retention_secs,
                      extra={"event": "jobs.cleaned", "count": deleted})
