@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.plugins.apps",
     "tests.plugins.nodes",
     "tests.plugins.gateway",
+    "tests.plugins.otlp",
 ]

@@ -52,9 +52,18 @@ def register_node(conn: psycopg.Connection, node: NodeIdentity, status: str) -> 
         "capabilities": list(node.capabilities), "status": status, "version": node.version})
 
 
-def heartbeat_node(conn: psycopg.Connection, node_id: uuid.UUID, status: str) -> bool:
-    """Refresh the node's row; False when the row says dead or is gone."""
-    return conn.execute(Q.heartbeat_node, {"id": node_id, "status": status}).fetchone() is not None
+def heartbeat_node(conn: psycopg.Connection, node_id: uuid.UUID, status: str,
+                   latency_ms: float | None = None) -> bool:
+    """Refresh the node's row (with how long the previous heartbeat took); False when the
+    row says dead or is gone."""
+    row = conn.execute(Q.heartbeat_node, {"id": node_id, "status": status,
+                                          "latency_ms": latency_ms}).fetchone()
+    return row is not None
+
+
+def heartbeat_latency_ms(conn: psycopg.Connection, node_id: uuid.UUID) -> float | None:
+    row = conn.execute(Q.get_heartbeat_latency, {"id": node_id}).fetchone()
+    return row and row[0]
 
 
 def deregister_node(conn: psycopg.Connection, node_id: uuid.UUID) -> None:

@@ -6,9 +6,13 @@ SET status = excluded.status, last_heartbeat = now();
 
 -- name: heartbeat_node
 -- A node whose row says dead (or is gone) gets no row back and must register again.
-UPDATE forge_nodes SET last_heartbeat = now(), status = %(status)s
+UPDATE forge_nodes
+SET last_heartbeat = now(), status = %(status)s, heartbeat_latency_ms = %(latency_ms)s
 WHERE id = %(id)s AND status <> 'dead'
 RETURNING id;
+
+-- name: get_heartbeat_latency
+SELECT heartbeat_latency_ms FROM forge_nodes WHERE id = %(id)s;
 
 -- name: deregister_node
 DELETE FROM forge_nodes WHERE id = %(id)s;

@@ -177,9 +177,17 @@ class ObservabilityConfig:
     enable_traces: bool = True
     enable_metrics: bool = True
     enable_logs: bool = True
+    metrics_interval_secs: float = 60
+
+    def exports(self, signal: str) -> bool:
+        """Whether `signal` ("traces", "metrics", "logs") is exported over OTLP."""
+        return self.enabled and getattr(self, f"enable_{signal}")
 
     def problems(self) -> list[str]:
-        found = []
+        found = _positive(self.metrics_interval_secs, "observability.metrics_interval_secs")
+        if self.otlp_endpoint and not self.otlp_endpoint.startswith(("http://", "https://")):
+            found.append(f'observability.otlp_endpoint must be an http(s) URL like '
+                         f'"http://collector:4318", got "{self.otlp_endpoint}"')
         if self.log_level not in LOG_LEVELS:
             found.append(f'observability.log_level must be one of {", ".join(LOG_LEVELS)}, '
                          f'got "{self.log_level}"')
@@ -310,10 +318,26 @@ def load(path: str | Path, environ: typing.Mapping[str, str] | None = None) -> C
         if section is not None:
             problems += section.problems()
             warnings += getattr(section, "warnings", list)()
+    problems += _environment_problems(sections.get("observability"), environ)
     if problems:
         raise ConfigError([f"{path}: {problem}" for problem in problems])
     built = {name: value for name, value in sections.items() if value is not None}
     return Config(path=path, warnings=tuple(f"{path}: {w}" for w in warnings), **built)
+
+
+def _environment_problems(observability: ObservabilityConfig | None,
+                          environ: typing.Mapping[str, str]) -> list[str]:
+    """Checks that need the environment: the standard OTEL_* variables count as configuration."""
+    if observability is None or not observability.enabled or observability.otlp_endpoint:
+        return []
+    if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return []
+    signals = [s for s in ("traces", "metrics", "logs") if observability.exports(s)
+               and not environ.get(f"OTEL_EXPORTER_OTLP_{s.upper()}_ENDPOINT")]
+    if not signals:
+        return []
+    return ["observability.enabled is true but there is no collector to export to: set "
+            "observability.otlp_endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT)"]
 
 
 def substitute(text: str, environ: typing.Mapping[str, str]) -> tuple[str, list[str]]:

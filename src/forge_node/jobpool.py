@@ -32,6 +32,7 @@ class RunningJob:
     cancel_flag: bool = False
     started_at: float | None = None
     abandoned: bool = False
+    span: Any = None  # its job.execute span, ended when its outcome is recorded
 
     @property
     def deadline(self) -> float | None:

@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from opentelemetry import propagate
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -45,6 +46,7 @@ class ClaimedJob:
     timeout_secs: float | None
     cancel_requested: bool
     capability: str | None
+    trace_context: str | None = None
 
 
 def job_spec(name: str) -> JobSpec:
@@ -91,7 +93,14 @@ def _job_params(spec: JobSpec, run_at: datetime.datetime | None, delay_secs: flo
     return {"type": spec.name, "capability": spec.worker_capability,
             "priority": spec.priority if priority is None else priority,
             "max_attempts": spec.max_attempts, "timeout_secs": spec.timeout_secs,
-            "run_at": run_at}
+            "run_at": run_at, "trace_context": current_traceparent()}
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the current span, so the job's run joins the enqueuer's trace."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
 
 
 def _json_object(args: dict[str, Any] | None) -> dict[str, Any]:
@@ -114,14 +123,15 @@ class WorkerQueue:
                                                 "take_any": take_any, "node_id": self.node_id})
         return [ClaimedJob(*row) for row in rows.fetchall()]
 
-    def complete(self, done: Sequence[tuple[int, int, Any]]) -> set[int]:
-        """Record results of (id, attempt, result); return the ids that were fenced out."""
-        ids = [job_id for job_id, _, _ in done]
+    def complete(self, done: Sequence[tuple[int, int, Any]]) -> dict[int, str]:
+        """Record results of (id, attempt, result); return each recorded job's new status
+        (completed, or cancelled when asked to stop). Missing ids were fenced out."""
         updated = self.conn.execute(Q.complete_jobs, {
-            "ids": ids, "attempts": [attempt for _, attempt, _ in done],
+            "ids": [job_id for job_id, _, _ in done],
+            "attempts": [attempt for _, attempt, _ in done],
             "results": [Jsonb(result) for _, _, result in done],
             "node_id": self.node_id}).fetchall()
-        return set(ids) - {row[0] for row in updated}
+        return dict(updated)
 
     def retry(self, job: ClaimedJob, delay_secs: float, error: str) -> str | None:
         """Back to pending after `delay_secs` (or cancelled, if asked); None if fenced out."""

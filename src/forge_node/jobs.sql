@@ -1,9 +1,9 @@
 -- name: insert_job
 -- An idempotency key already used by an unfinished job inserts nothing (see find_job_by_key).
 INSERT INTO forge_jobs (type, args, capability, priority, max_attempts, timeout_secs, run_at,
-                        idempotency_key)
+                        idempotency_key, trace_context)
 VALUES (%(type)s, %(args)s, %(capability)s, %(priority)s, %(max_attempts)s, %(timeout_secs)s,
-        COALESCE(%(run_at)s, now()), %(idempotency_key)s)
+        COALESCE(%(run_at)s, now()), %(idempotency_key)s, %(trace_context)s)
 ON CONFLICT (idempotency_key)
     WHERE idempotency_key IS NOT NULL AND status IN ('pending', 'running') DO NOTHING
 RETURNING id, pg_notify('forge_jobs', COALESCE(capability, '*'));
@@ -14,9 +14,10 @@ WHERE idempotency_key = %(idempotency_key)s AND status IN ('pending', 'running')
 
 -- name: insert_jobs
 WITH inserted AS (
-    INSERT INTO forge_jobs (type, args, capability, priority, max_attempts, timeout_secs, run_at)
+    INSERT INTO forge_jobs (type, args, capability, priority, max_attempts, timeout_secs, run_at,
+                            trace_context)
     SELECT %(type)s, a.args, %(capability)s, %(priority)s, %(max_attempts)s, %(timeout_secs)s,
-           COALESCE(%(run_at)s, now())
+           COALESCE(%(run_at)s, now()), %(trace_context)s
     FROM unnest(%(args)s::jsonb[]) WITH ORDINALITY AS a(args, n)
     ORDER BY a.n
     RETURNING id
@@ -52,9 +53,10 @@ WITH own AS (
     FROM chosen
     WHERE j.id = chosen.id
     RETURNING j.id, j.type, j.args, j.attempts, j.max_attempts, j.timeout_secs,
-              j.cancel_requested, j.capability, j.priority, j.run_at
+              j.cancel_requested, j.capability, j.trace_context, j.priority, j.run_at
 )
-SELECT id, type, args, attempts, max_attempts, timeout_secs, cancel_requested, capability
+SELECT id, type, args, attempts, max_attempts, timeout_secs, cancel_requested, capability,
+       trace_context
 FROM claimed
 ORDER BY priority DESC, run_at, id;
 
@@ -65,7 +67,7 @@ SET status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'completed' END,
                                                          THEN j.progress ELSE 100 END
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(results)s::jsonb[]) AS d(id, attempt, result)
 WHERE j.id = d.id AND j.node_id = %(node_id)s AND j.attempts = d.attempt AND j.status = 'running'
-RETURNING j.id;
+RETURNING j.id, j.status;
 
 -- name: retry_job
 UPDATE forge_jobs

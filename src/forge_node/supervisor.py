@@ -46,7 +46,7 @@ STABLE_AFTER_SECS = 30.0          # a child that lived this long restarts withou
 MAX_SLEEP_SECS = 1.0
 
 RUNNING, DRAINING, FORCED = "running", "draining", "forced"
-STOPPED_LAST = frozenset({"probe"})
+STOPPED_LAST = frozenset({"monitor"})
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Supervisor:
         self.database_url = database_url
         self.app = app
         self.node = node
-        processes = processes_for(config.node.roles)
+        processes = processes_for(config)
         self.slots = {role: RoleSlot(role) for role in processes}
         self.state = RUNNING
         self.exit_code = EXIT_OK
@@ -194,7 +194,7 @@ class Supervisor:
                 self.signal_child(slot.child, signal.SIGTERM)
 
     def stop_last_roles(self) -> None:
-        """Once the other roles are gone, stop the probe (it answers 503 until then)."""
+        """Once the other roles are gone, stop the monitor (its probe answers 503 until then)."""
         live = self.live_children()
         if self.state == DRAINING and all(slot.role in STOPPED_LAST for slot in live):
             for slot in live:

@@ -115,7 +115,7 @@ def test_a_gateway_whose_functions_need_tokens_refuses_to_start_without_auth(
 def test_a_node_without_the_gateway_answers_probes(make_app, start_node, database_url):
     app = make_app(node={"roles": ["worker"], "drain_timeout_secs": 3})
     node = start_node(app, database_url).wait_ready()
-    assert "probe" in node.children()
+    assert "monitor" in node.children()
     assert get(app.port, "/_api/health") == (200, {"status": "healthy", "version": "0.1.0"})
     assert get(app.port, "/_api/ready") == (200, {"ready": True, "database": True})
     for path in ("/_api/rpc/ping", "/"):

@@ -31,7 +31,7 @@ def test_the_node_forks_one_titled_child_per_role(make_app, start_node, database
 def test_only_the_configured_roles_are_started(make_app, start_node, database_url, db):
     app = make_app(node={"roles": ["worker"]})
     node = start_node(app, database_url).wait_ready()
-    assert set(node.children()) == {"worker", "probe"}
+    assert set(node.children()) == {"worker", "monitor"}
     row = db.execute("SELECT roles, capabilities FROM forge_nodes").fetchone()
     assert row == (["worker"], ["general"])
 

@@ -127,11 +127,12 @@ def test_completion_is_fenced_on_node_and_attempt(queue_db):
     [claimed_by_new] = jobs.WorkerQueue(queue_db, new).claim("general", 1, True)
     assert claimed_by_new.attempt == 2
     old_queue = jobs.WorkerQueue(queue_db, old)
-    assert old_queue.complete([(job_id, 1, {"from": "old"})]) == {job_id}
+    assert old_queue.complete([(job_id, 1, {"from": "old"})]) == {}  # fenced out
     assert old_queue.retry(claimed_by_old, 1, "boom") is None
     assert old_queue.bury(claimed_by_old, "boom") is None
     assert old_queue.release([claimed_by_old]) == []
-    assert jobs.WorkerQueue(queue_db, new).complete([(job_id, 2, {"from": "new"})]) == set()
+    assert jobs.WorkerQueue(queue_db, new).complete([(job_id, 2, {"from": "new"})]) == \
+        {job_id: "completed"}
     assert queue_db.execute("SELECT status, result FROM forge_jobs WHERE id = %s",
                             [job_id]).fetchone() == ("completed", {"from": "new"})
 
@@ -188,7 +189,7 @@ def test_cancel_is_immediate_when_pending_and_a_request_when_running(queue_db):
     assert jobs.cancel_job(queue_db, pending) == "cancelled"
     assert jobs.cancel_job(queue_db, running) == "running"
     assert queue.cancel_requests() == {running}
-    assert queue.complete([(running, 1, None)]) == set()
+    assert queue.complete([(running, 1, None)]) == {running: "cancelled"}
     assert row(queue_db, running)[0] == "cancelled"
     assert jobs.cancel_job(queue_db, running) is None
     assert jobs.retry_dead_job(queue_db, pending)

@@ -19,6 +19,7 @@ from forge_node import config as config_module
 from forge_node.app import load_app
 from forge_node.http.app import DrainFlag, GatewayDeps, create_app
 from forge_node.migrations import Migrator, all_migrations
+from forge_node.observability.otel import Telemetry
 
 from .apps import AppDir
 
@@ -42,7 +43,9 @@ class Gateway:
         self.config = config_module.load(app_dir.config_path, {"DATABASE_URL": database_url})
         registry = load_app(self.config.root, self.config.project.app)
         Migrator(database_url, all_migrations(self.config.root)).up()
-        self.deps = GatewayDeps.build(self.config, database_url, registry, DrainFlag(), "test")
+        telemetry = Telemetry.start(self.config.observability, "test", "gateway", "test-node")
+        self.deps = GatewayDeps.build(self.config, database_url, registry, telemetry,
+                                      DrainFlag(), "test")
         self.client = falcon.testing.TestClient(create_app(self.deps))
 
     def rpc(self, name: str, args: Any = None, **kwargs: Any) -> falcon.testing.Result:

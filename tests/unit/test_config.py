@@ -236,3 +236,14 @@ def test_pool_problems_name_the_pool(tmp_path):
                for p in found)
     assert any("worker.pools must hold tables" in p
                for p in problems(tmp_path, '[project]\nname = "d"\n[worker]\npools = 3\n'))
+
+
+def test_enabled_observability_needs_a_collector(tmp_path):
+    text = '[project]\nname = "d"\n[observability]\nenabled = true\n'
+    assert any("there is no collector to export to" in p for p in problems(tmp_path, text))
+    cfg = config.load(write(tmp_path, text), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"})
+    assert cfg.observability.exports("traces")
+    disabled = config.load(write(tmp_path, '[project]\nname = "d"\n'), {})
+    assert not disabled.observability.exports("metrics")
+    assert any("otlp_endpoint must be an http(s) URL" in p for p in problems(
+        tmp_path, '[project]\nname = "d"\n[observability]\notlp_endpoint = "collector:4318"\n'))

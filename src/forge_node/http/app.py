@@ -17,10 +17,11 @@ import falcon
 from ..app import AppRegistry
 from ..auth import TokenVerifier
 from ..config import Config
+from ..observability.otel import Telemetry
 from . import errors
 from .errors import NOT_FOUND, ApiError
 from .functions import FunctionRunner
-from .middleware import AccessLogMiddleware, CorrelationMiddleware, CorsMiddleware
+from .middleware import CorsMiddleware, RequestMiddleware
 from .resources.frontend import FrontendSink
 from .resources.health import DatabaseProbe, HealthResource, ReadyResource
 from .resources.rpc import RpcResource
@@ -37,6 +38,7 @@ class DrainFlag:
 class GatewayDeps:
     config: Config
     registry: AppRegistry
+    telemetry: Telemetry
     database: DatabaseProbe
     runner: FunctionRunner | None
     verifier: TokenVerifier | None
@@ -44,7 +46,7 @@ class GatewayDeps:
 
     @classmethod
     def build(cls, config: Config, database_url: str, registry: AppRegistry,
-              drain: DrainFlag, purpose: str) -> GatewayDeps:
+              telemetry: Telemetry, drain: DrainFlag, purpose: str) -> GatewayDeps:
         runner = None
         if "function" in config.node.roles:
             runner = FunctionRunner.for_urls(
@@ -52,11 +54,11 @@ class GatewayDeps:
                 config.database.replica_urls if config.database.read_from_replica else (),
                 max_size=min(config.database.pool_size, config.gateway.threads),
                 statement_timeout_secs=config.database.statement_timeout_secs,
-                threads=config.gateway.threads, purpose=purpose)
+                threads=config.gateway.threads, purpose=purpose, telemetry=telemetry)
             runner.open()
         verifier = TokenVerifier(config.auth) if config.auth.configured else None
-        return cls(config, registry, DatabaseProbe(database_url, f"{purpose} ready"), runner,
-                   verifier, drain)
+        return cls(config, registry, telemetry, DatabaseProbe(database_url, f"{purpose} ready"),
+                   runner, verifier, drain)
 
     def readiness(self) -> tuple[bool, bool]:
         return self.database.fetch() is not None, not self.drain.draining
@@ -64,8 +66,8 @@ class GatewayDeps:
 
 def create_app(deps: GatewayDeps) -> falcon.App:
     gateway = deps.config.gateway
-    app = falcon.App(middleware=[CorrelationMiddleware(), CorsMiddleware(gateway.cors_origins),
-                                 AccessLogMiddleware(gateway.quiet_routes)])
+    app = falcon.App(middleware=[RequestMiddleware(deps.telemetry, gateway.quiet_routes),
+                                 CorsMiddleware(gateway.cors_origins)])
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
     app.add_route("/_api/health", HealthResource())

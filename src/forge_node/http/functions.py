@@ -12,12 +12,14 @@ connection until it returns.)
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import logging
 import random
 import time
 from typing import Any
 
 import psycopg
+from opentelemetry.trace import StatusCode
 from psycopg.rows import namedtuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -25,6 +27,7 @@ from .. import db
 from ..app import FunctionSpec
 from ..context import FunctionContext
 from ..errors import Error
+from ..observability.otel import Telemetry
 from .errors import INTERNAL_ERROR, SERVICE_UNAVAILABLE, TIMEOUT, ApiError
 
 log = logging.getLogger(__name__)
@@ -34,22 +37,25 @@ POOL_WAIT_SECS = 5.0
 
 class FunctionRunner:
     def __init__(self, primary: ConnectionPool, replicas: list[ConnectionPool],
-                 threads: int) -> None:
+                 threads: int, telemetry: Telemetry) -> None:
         self.primary = primary
         self.replicas = replicas
+        self.tracer = telemetry.tracer
+        self.metrics = telemetry.metrics
         self._timeout_threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="fn-timeout")
 
     @classmethod
     def for_urls(cls, url: str, replica_urls: tuple[str, ...], *, max_size: int,
-                 statement_timeout_secs: float, threads: int, purpose: str) -> FunctionRunner:
+                 statement_timeout_secs: float, threads: int, purpose: str,
+                 telemetry: Telemetry) -> FunctionRunner:
         def pool(target: str, name: str) -> ConnectionPool:
             return db.create_pool(target, name, max_size=max_size,
                                   statement_timeout_secs=statement_timeout_secs,
                                   configure=_configure_connection)
 
         replicas = [pool(u, f"{purpose} replica") for u in replica_urls]
-        return cls(pool(url, purpose), replicas, threads)
+        return cls(pool(url, purpose), replicas, threads, telemetry)
 
     def open(self) -> None:
         for pool in (self.primary, *self.replicas):
@@ -61,12 +67,32 @@ class FunctionRunner:
             pool.close(timeout=1)
 
     def run(self, spec: FunctionSpec, args: dict, auth: dict | None, request_id: str) -> Any:
+        """Run the function in its `fn.execute` span; record its outcome as a metric."""
+        outcome = "error"
+        with self.tracer.start_as_current_span(
+                "fn.execute", attributes={"fn.name": spec.name, "fn.kind": spec.kind}) as span:
+            try:
+                result = self._run(spec, args, auth, request_id)
+                outcome = "ok"
+                return result
+            except ApiError as exc:
+                outcome = {TIMEOUT: "timeout", SERVICE_UNAVAILABLE: "unavailable"}.get(
+                    exc.code, "error")
+                raise
+            finally:
+                span.set_attribute("fn.outcome", outcome)
+                if outcome != "ok":
+                    span.set_status(StatusCode.ERROR)
+                self.metrics.function_run(spec.name, spec.kind, outcome)
+
+    def _run(self, spec: FunctionSpec, args: dict, auth: dict | None, request_id: str) -> Any:
         if spec.timeout_secs is None:
             return self._execute(spec, args, auth, request_id, None, _Holder())
         holder = _Holder()
         deadline = time.monotonic() + spec.timeout_secs
-        future = self._timeout_threads.submit(self._execute, spec, args, auth, request_id,
-                                              deadline, holder)
+        # the helper thread runs in this request's context: its span, its log fields
+        future = self._timeout_threads.submit(contextvars.copy_context().run, self._execute,
+                                              spec, args, auth, request_id, deadline, holder)
         try:
             return future.result(timeout=spec.timeout_secs)
         except concurrent.futures.TimeoutError:

@@ -1,4 +1,10 @@
-"""Middleware, in the order falcon runs it: correlation ids, CORS, access log."""
+"""Middleware, in the order falcon runs it: the request's ids and telemetry, then CORS.
+
+`RequestMiddleware` is the one place where a request becomes observable: its request id,
+its `http.request` span (joining an inbound `traceparent`), the x-request-id / x-trace-id /
+x-span-id headers, the request metrics and the access log line. `quiet_routes` get ids and
+headers but no span, no metric and no log line.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,17 @@ import logging
 import time
 
 import falcon
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import SpanKind, StatusCode
 
+from ..observability.logs import REQUEST_ID
+from ..observability.otel import Telemetry
 from . import correlation
 
 access_log = logging.getLogger("forge_node.access")
+_ids = RandomIdGenerator()
 
 EXPOSED_HEADERS = "x-request-id, x-trace-id, x-span-id"
 PREFLIGHT_METHODS = "GET, POST, OPTIONS"
@@ -17,17 +30,31 @@ PREFLIGHT_HEADERS = "authorization, content-type, x-request-id, traceparent, tra
 PREFLIGHT_MAX_AGE_SECS = "600"
 
 
-class CorrelationMiddleware:
-    """Gives every request its ids and every response the headers that carry them."""
+class RequestMiddleware:
+    def __init__(self, telemetry: Telemetry, quiet_routes: tuple[str, ...]) -> None:
+        self.tracer = telemetry.tracer
+        self.metrics = telemetry.metrics
+        self.quiet_routes = frozenset(quiet_routes)
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         ctx = req.context
         ctx.started = time.perf_counter()
         ctx.request_id = correlation.request_id_from(req.get_header("x-request-id"))
-        parent = correlation.parse_traceparent(req.get_header("traceparent"))
-        ctx.trace_parent = parent
-        ctx.trace_id = parent.trace_id if parent else correlation.new_trace_id()
-        ctx.span_id = correlation.new_span_id()
+        ctx.quiet = req.path in self.quiet_routes
+        parent = propagate.extract({"traceparent": req.get_header("traceparent") or "",
+                                    "tracestate": req.get_header("tracestate") or ""})
+        if ctx.quiet:
+            span = _unrecorded_span(trace.get_current_span(parent).get_span_context())
+        else:
+            span = self.tracer.start_span("http.request", context=parent, kind=SpanKind.SERVER,
+                                          attributes={"http.request.method": req.method,
+                                                      "request.id": ctx.request_id})
+        span_context = span.get_span_context()
+        ctx.span = span
+        ctx.trace_id = format(span_context.trace_id, "032x")
+        ctx.span_id = format(span_context.span_id, "016x")
+        ctx.tokens = (otel_context.attach(trace.set_span_in_context(span, parent)),
+                      REQUEST_ID.set(ctx.request_id))
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
                          req_succeeded: bool) -> None:
@@ -35,6 +62,28 @@ class CorrelationMiddleware:
         resp.set_header("x-request-id", ctx.request_id)
         resp.set_header("x-trace-id", ctx.trace_id)
         resp.set_header("x-span-id", ctx.span_id)
+        try:
+            if not ctx.quiet:
+                self.record(req, resp)
+        finally:
+            otel_context.detach(ctx.tokens[0])
+            REQUEST_ID.reset(ctx.tokens[1])
+
+    def record(self, req: falcon.Request, resp: falcon.Response) -> None:
+        ctx = req.context
+        seconds = time.perf_counter() - ctx.started
+        route = route_of(req)
+        status = resp.status_code
+        span = ctx.span
+        span.set_attribute("http.route", route)
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(StatusCode.ERROR)
+        span.end()
+        self.metrics.http_request(req.method, route, status, seconds)
+        access_log.info("%s %s %s %.1fms", req.method, req.path, status, seconds * 1000, extra={
+            "event": "http.request", "method": req.method, "route": route, "status": status,
+            "duration_ms": round(seconds * 1000, 2), "request_id": ctx.request_id})
 
 
 class CorsMiddleware:
@@ -70,27 +119,16 @@ class CorsMiddleware:
             resp.set_header("access-control-max-age", PREFLIGHT_MAX_AGE_SECS)
 
 
-class AccessLogMiddleware:
-    """One line per request, except for `quiet_routes` (probes would drown everything)."""
-
-    def __init__(self, quiet_routes: tuple[str, ...]) -> None:
-        self.quiet_routes = frozenset(quiet_routes)
-
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
-                         req_succeeded: bool) -> None:
-        if req.path in self.quiet_routes:
-            return
-        ctx = req.context
-        duration_ms = (time.perf_counter() - ctx.started) * 1000
-        status = resp.status_code if isinstance(resp.status_code, int) else resp.status
-        access_log.info("%s %s %s %.1fms", req.method, req.path, status, duration_ms, extra={
-            "event": "http.request", "method": req.method, "route": route_of(req),
-            "status": status, "duration_ms": round(duration_ms, 2),
-            "request_id": ctx.request_id, "trace_id": ctx.trace_id})
-
-
 def route_of(req: falcon.Request) -> str:
     """The route template (never raw ids), or one value for everything unmatched."""
     if req.uri_template:
         return req.uri_template
     return "/_api/*" if req.path.startswith("/_api/") else "frontend"
+
+
+def _unrecorded_span(parent: trace.SpanContext) -> trace.Span:
+    """Ids for a quiet route's headers, in the caller's trace, with nothing recorded."""
+    trace_id = parent.trace_id if parent.is_valid else _ids.generate_trace_id()
+    return trace.NonRecordingSpan(trace.SpanContext(
+        trace_id=trace_id, span_id=_ids.generate_span_id(), is_remote=False,
+        trace_flags=parent.trace_flags if parent.is_valid else trace.TraceFlags(0)))

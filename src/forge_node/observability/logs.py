@@ -1,24 +1,40 @@
 """Structured log lines on stdout: one JSON object per event (or plain text for humans).
 
-Every line carries the process's role and node id; `extra={...}` fields passed to a logging
-call become fields of the line, so `log.info("...", extra={"event": "child.exited"})` gives an
+Every line carries the process's role and node id, and inside a request or a job its
+trace_id, span_id and request_id or job_id; `extra={...}` fields passed to a logging call
+become fields of the line, so `log.info("...", extra={"event": "child.exited"})` gives an
 operator something to filter on. Secrets never go into `extra`.
+
+Console lines always work, whatever [observability] says; with logs exported, the same
+records also go over OTLP. OpenTelemetry's own complaints (a collector that is down) reach
+the console at most once a minute per logger, and never the OTLP handler (which would feed
+its own failures back to itself).
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
 import time
 from typing import Any, TextIO
 
+from opentelemetry import trace
+
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message", "asctime", "taskName"}
 
 
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id",
+                                                                         default=None)
+JOB_ID: contextvars.ContextVar[int | None] = contextvars.ContextVar("job_id", default=None)
+OTEL_LOGGER_PREFIX = "opentelemetry"
+OTEL_COMPLAINT_INTERVAL_SECS = 60.0
+
+
 class ProcessContext(logging.Filter):
-    """Stamps role and node id on every record of this process."""
+    """Stamps role and node id, and the current trace, request or job, on every record."""
 
     def __init__(self, role: str, node_id: str | None) -> None:
         super().__init__()
@@ -28,7 +44,46 @@ class ProcessContext(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.role = self.role
         record.node_id = self.node_id
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid and not hasattr(record, "trace_id"):
+            record.trace_id = format(span.trace_id, "032x")
+            record.span_id = format(span.span_id, "016x")
+        for name, var in (("request_id", REQUEST_ID), ("job_id", JOB_ID)):
+            value = var.get()
+            if value is not None and not hasattr(record, name):
+                setattr(record, name, value)
         return True
+
+
+class OncePerInterval(logging.Filter):
+    """Lets through one record per logger per interval from loggers under `prefix`."""
+
+    def __init__(self, prefix: str, interval_secs: float) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.interval_secs = interval_secs
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefix):
+            return True
+        now = time.monotonic()
+        if now - self._last.get(record.name, -self.interval_secs) < self.interval_secs:
+            return False
+        self._last[record.name] = now
+        return True
+
+
+_context: logging.Filter = logging.Filter()  # this process's ProcessContext, once configured
+
+
+class NotFrom(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(self.prefix)
 
 
 class JsonFormatter(logging.Formatter):
@@ -64,14 +119,35 @@ class TextFormatter(logging.Formatter):
 def configure(role: str, node_id: str | None = None, level: str = "info",
               fmt: str = "json", stream: TextIO | None = None) -> None:
     """Replace every root handler with one that writes this process's lines."""
+    global _context
+    _context = ProcessContext(role, node_id)
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler.addFilter(ProcessContext(role, node_id))
+    handler.addFilter(_context)
+    handler.addFilter(OncePerInterval(OTEL_LOGGER_PREFIX, OTEL_COMPLAINT_INTERVAL_SECS))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+def attach_otlp_handler(logger_provider: Any, level: str) -> None:
+    """Send this process's records over OTLP too (see otel.py)."""
+    from opentelemetry.sdk._logs import LoggingHandler
+
+    handler = LoggingHandler(level=level.upper(), logger_provider=logger_provider)
+    handler.addFilter(NotFrom(OTEL_LOGGER_PREFIX))
+    handler.addFilter(_context)
+    logging.getLogger().addHandler(handler)
+
+
+def detach_otlp_handler() -> None:
+    from opentelemetry.sdk._logs import LoggingHandler
+
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, LoggingHandler)]:
+        root.removeHandler(handler)
 
 
 def _timestamp(created: float) -> str:

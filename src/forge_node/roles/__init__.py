@@ -1,8 +1,9 @@
 """The processes a node forks, one per role. A role never imports another role."""
 
+from ..config import Config
 from ..process import RoleProcess
 from .gateway import GatewayProcess
-from .probe import ProbeProcess
+from .monitor import MonitorProcess
 from .scheduler import SchedulerProcess
 from .worker import WorkerProcess
 
@@ -10,12 +11,15 @@ ROLE_PROCESSES: dict[str, type[RoleProcess]] = {
     "gateway": GatewayProcess,
     "worker": WorkerProcess,
     "scheduler": SchedulerProcess,
-    "probe": ProbeProcess,
+    "monitor": MonitorProcess,
 }
 
 
-def processes_for(roles: tuple[str, ...]) -> tuple[str, ...]:
-    """The children a node with these roles forks; without a gateway, a probe answers health
-    checks on the gateway port."""
+def processes_for(config: Config) -> tuple[str, ...]:
+    """The children a node forks: one per role, and a monitor when the node has no gateway
+    (to answer health checks) or exports metrics (node and queue gauges)."""
+    roles = config.node.roles
     forked = tuple(role for role in roles if role in ROLE_PROCESSES)
-    return forked if "gateway" in roles else (*forked, "probe")
+    if "gateway" not in roles or config.observability.exports("metrics"):
+        forked = (*forked, "monitor")
+    return forked

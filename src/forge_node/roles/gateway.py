@@ -20,6 +20,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from ..errors import EXIT_CONFIG
 from ..http.app import DrainFlag, GatewayDeps, create_app
+from ..observability.otel import Telemetry
 from ..process import READY, RoleProcess
 
 log = logging.getLogger(__name__)
@@ -93,10 +94,12 @@ class GatewayServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> object:
-        """Called in each gunicorn worker after fork: pools and probes are built here."""
+        """Called in each gunicorn worker after fork: telemetry, pools and probes live here."""
         ctx = self.process.ctx
-        deps = GatewayDeps.build(ctx.config, ctx.database_url, ctx.app, self.drain,
-                                 f"gateway {str(ctx.node_id)[:8]} pid {os.getpid()}")
+        self.telemetry = Telemetry.start(ctx.config.observability, ctx.config.project.name,
+                                         "gateway", str(ctx.node_id))
+        deps = GatewayDeps.build(ctx.config, ctx.database_url, ctx.app, self.telemetry,
+                                 self.drain, f"gateway {str(ctx.node_id)[:8]} pid {os.getpid()}")
         return create_app(deps)
 
 
@@ -137,7 +140,15 @@ def gunicorn_settings(process: GatewayProcess) -> dict[str, object]:
         "proc_name": "forge-node: gateway",
         "control_socket_disable": True,
         "post_fork": _after_worker_fork(process),
+        "worker_exit": _flush_telemetry,
     }
+
+
+def _flush_telemetry(arbiter: Arbiter, worker: ThreadWorker) -> None:
+    """A gunicorn worker exits: export what its telemetry still holds."""
+    telemetry = getattr(worker.app, "telemetry", None)
+    if telemetry is not None:
+        telemetry.shutdown()
 
 
 def _after_worker_fork(process: GatewayProcess):

@@ -23,6 +23,7 @@ from ..app import CronSpec
 from ..errors import DatabaseUnavailable
 from ..leader import LEADER_CHANNEL, LeaderElection
 from ..listener import Listener
+from ..observability.otel import Telemetry
 from ..process import READY, REPORT_INTERVAL_SECS, RoleProcess
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class SchedulerProcess(RoleProcess):
         self.next_attempt = 0.0
         self.purpose = purpose
         self.database_lost = False
+        self.telemetry = Telemetry.start(ctx.config.observability, ctx.config.project.name,
+                                         "scheduler", str(ctx.node_id))
 
     def run(self) -> None:
         self.reports.send(READY)
@@ -124,13 +127,19 @@ class SchedulerProcess(RoleProcess):
                 self.fire(cron, due[-1])
 
     def fire(self, cron: CronSpec, scheduled_for: datetime.datetime) -> None:
-        """Claim the tick and enqueue its job in one transaction."""
-        with db.connect(self.ctx.database_url, self.purpose, autocommit=False) as conn:
+        """Claim the tick and enqueue its job in one transaction, in a cron.tick span that
+        the job's run joins."""
+        with self.telemetry.tracer.start_as_current_span("cron.tick", attributes={
+                "cron.name": cron.name, "cron.scheduled_for": scheduled_for.isoformat()}) as span, \
+                db.connect(self.ctx.database_url, self.purpose, autocommit=False) as conn:
             if not crons.claim_tick(conn, cron.name, scheduled_for, self.ctx.node_id):
+                span.set_attribute("cron.outcome", "already_fired")
                 return  # another leader fired it
             job_id = jobs.enqueue(conn, cron.job_type,
                                   {"scheduled_for": scheduled_for.isoformat()})
             crons.attach_job(conn, cron.name, scheduled_for, job_id)
+            span.set_attribute("cron.outcome", "fired")
+            span.set_attribute("job.id", job_id)
         log.info("cron %s fired for %s (job %d)", cron.name, scheduled_for.isoformat(), job_id,
                  extra={"event": "cron.tick", "cron": cron.name, "job_id": job_id,
                         "scheduled_for": scheduled_for.isoformat()})
@@ -154,6 +163,7 @@ class SchedulerProcess(RoleProcess):
                                                                  "leader_role": "scheduler"})
         self.election.resign()
         self.listener.close()
+        self.telemetry.shutdown()
 
 
 def now() -> datetime.datetime:

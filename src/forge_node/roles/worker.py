@@ -21,6 +21,9 @@ import traceback
 from typing import Any
 
 import psycopg
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, StatusCode
 
 from .. import db, jobs
 from ..app import DEFAULT_JOB_BACKOFF
@@ -30,6 +33,8 @@ from ..errors import DatabaseUnavailable, PermanentError
 from ..jobpool import JobPool, Outcome, RunningJob
 from ..jobs import CANCEL_CHANNEL, NOTIFY_CHANNEL, ClaimedJob, WorkerQueue
 from ..listener import Listener
+from ..observability.logs import JOB_ID
+from ..observability.otel import Telemetry
 from ..process import READY, REPORT_INTERVAL_SECS, RoleProcess
 
 log = logging.getLogger(__name__)
@@ -64,6 +69,9 @@ class WorkerProcess(RoleProcess):
         self.next_poll = 0.0
         self.next_cancel_check = 0.0
         self.database_lost_at: float | None = None
+        self.telemetry = Telemetry.start(config.observability, config.project.name, "worker",
+                                         str(ctx.node_id))
+        self.tracer, self.metrics = self.telemetry.tracer, self.telemetry.metrics
         for pool in self.pools:
             pool.start()
 
@@ -167,12 +175,15 @@ class WorkerProcess(RoleProcess):
         done = [o for o in self.unrecorded if o.ok]
         failed = [o for o in self.unrecorded if not o.ok]
         if done:
-            fenced = queue.complete([(o.running.job.id, o.running.job.attempt, o.result)
-                                     for o in done])
-            for job_id in fenced:
-                log.warning("job %d finished here, but another node had taken it over; "
-                            "its result is discarded", job_id,
-                            extra={"event": "job.fenced", "job_id": job_id})
+            statuses = queue.complete([(o.running.job.id, o.running.job.attempt, o.result)
+                                       for o in done])
+            for outcome in done:
+                job_id = outcome.running.job.id
+                if job_id not in statuses:
+                    log.warning("job %d finished here, but another node had taken it over; "
+                                "its result is discarded", job_id,
+                                extra={"event": "job.fenced", "job_id": job_id})
+                self.finish_span(outcome, statuses.get(job_id, "fenced"))
         self.unrecorded = failed
         while self.unrecorded:
             self.record_failure(queue, self.unrecorded[0])
@@ -191,12 +202,27 @@ class WorkerProcess(RoleProcess):
         if status is None:
             log.warning("job %d failed here, but another node had taken it over", job.id,
                         extra={"event": "job.fenced", "job_id": job.id})
+            self.finish_span(outcome, "fenced")
             return
+        timed_out = outcome.error.startswith("timed out")
+        self.finish_span(outcome, "timeout" if timed_out else
+                         {"pending": "retrying"}.get(status, status))
         level = logging.ERROR if status == "dead" else logging.WARNING
         log.log(level, "job %d (%s) attempt %d/%d failed: %s; now %s", job.id, job.type,
                 job.attempt, job.max_attempts, outcome.error.splitlines()[0], status,
                 extra={"event": f"job.{'dead' if status == 'dead' else 'failed'}",
                        "job_id": job.id, "job_type": job.type, "status": status})
+
+    def finish_span(self, outcome: Outcome, result: str) -> None:
+        """End the attempt's job.execute span and count it, now that its fate is known."""
+        running = outcome.running
+        seconds = outcome.finished_at - (running.started_at or outcome.finished_at)
+        if running.span is not None:
+            running.span.set_attribute("job.outcome", result)
+            if result not in ("completed", "cancelled"):
+                running.span.set_status(StatusCode.ERROR)
+            running.span.end()
+        self.metrics.job_run(running.job.type, result, seconds)
 
     def refresh_cancel_requests(self) -> None:
         now = time.monotonic()
@@ -240,6 +266,21 @@ class WorkerProcess(RoleProcess):
     # -- in a pool's thread ----------------------------------------------------------------
 
     def execute(self, running: RunningJob) -> Outcome:
+        """Run one attempt in its job.execute span, joined to the trace that enqueued it."""
+        job = running.job
+        parent = propagate.extract({"traceparent": job.trace_context or ""})
+        running.span = self.tracer.start_span(
+            "job.execute", context=parent, kind=SpanKind.CONSUMER,
+            attributes={"job.type": job.type, "job.id": job.id, "job.attempt": job.attempt})
+        token = otel_context.attach(trace.set_span_in_context(running.span, parent))
+        job_token = JOB_ID.set(job.id)
+        try:
+            return self.run_handler(running)
+        finally:
+            JOB_ID.reset(job_token)
+            otel_context.detach(token)
+
+    def run_handler(self, running: RunningJob) -> Outcome:
         """Run one job's handler; commit its work only if it returned (and in time)."""
         job = running.job
         spec = self.ctx.app.jobs.get(job.type)
@@ -290,14 +331,18 @@ class WorkerProcess(RoleProcess):
             self.guarded(self.collect_and_record)
             self.waker.wait(min(0.2, max(0.0, deadline - time.monotonic())))
         self.guarded(self.collect_and_record)
-        unfinished = [r.job for pool in self.pools for r in pool.running()]
-        self.give_back(unfinished, deadline + DRAIN_MARGIN_SECS / 2, "not finished in time")
+        unfinished = [r for pool in self.pools for r in pool.running()]
+        self.give_back([r.job for r in unfinished], deadline + DRAIN_MARGIN_SECS / 2,
+                       "not finished in time")
+        for running in unfinished:
+            self.finish_span(Outcome(running, ok=False), "released")
         for pool in self.pools:
             pool.close()
         self.listener.close()
         self.handler_db.close(timeout=0.5)
         if self.queue is not None:
             self.queue.conn.close()
+        self.telemetry.shutdown()
 
     def collect_and_record(self) -> None:
         self.collect_outcomes()

@@ -4,6 +4,7 @@ dead (a node cut off from the database longer than the threshold comes back this
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import psycopg
@@ -22,6 +23,7 @@ class Heartbeat:
         self.status = status
         self.interval_secs = interval_secs
         self.registered = False
+        self.last_latency_ms: float | None = None
 
     def run_once(self, conn: psycopg.Connection) -> str:
         """Return "registered", "heartbeat" or "registered again"."""
@@ -30,7 +32,10 @@ class Heartbeat:
             cluster.register_node(conn, self.node, status)
             self.registered = True
             return "registered"
-        if cluster.heartbeat_node(conn, self.node.id, status):
+        started = time.perf_counter()
+        alive = cluster.heartbeat_node(conn, self.node.id, status, self.last_latency_ms)
+        self.last_latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        if alive:
             return "heartbeat"
         log.warning("the cluster declared this node dead (its heartbeats stopped reaching the "
                     "database); registering it again", extra={"event": "node.registered_again"})
