@@ -12,7 +12,6 @@ run twice.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import logging
 import os
 import signal
@@ -23,6 +22,7 @@ from typing import ClassVar
 
 import setproctitle
 
+from . import linux
 from .app import AppRegistry
 from .config import Config
 from .errors import EXIT_FAILURE, EXIT_OK
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 REPORT_INTERVAL_SECS = 1.0
 READY = b"R"
 ALIVE = b"H"
-_PR_SET_PDEATHSIG = 1
 _INHERITED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
                       signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -152,12 +151,9 @@ def spawn(process: RoleProcess) -> int:
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """Ask for SIGTERM when the supervisor dies, then check it did not die before we asked."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the per-second parent check in tick() still ends orphans
+    """Ask for SIGTERM when the supervisor dies, then check it did not die before we asked.
+    (Elsewhere than Linux, the per-second parent check in tick() still ends orphans.)"""
+    linux.die_with_parent(signal.SIGTERM)
     if os.getppid() != parent_pid:
         os._exit(EXIT_OK)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import psycopg
 import setproctitle
 
-from . import __version__, cluster, db
+from . import __version__, cluster, db, linux
 from .app import AppRegistry
 from .backoff import Backoff
 from .cluster import NodeIdentity
@@ -119,6 +119,7 @@ class Supervisor:
 
     def boot(self) -> None:
         setproctitle.setproctitle("forge-node: supervisor")
+        linux.adopt_orphans()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
                        signal.SIGHUP):
             signal.signal(signum, self._record_signal)
@@ -272,6 +273,8 @@ class Supervisor:
             slot = next((s for s in self.live_children() if s.child.pid == pid), None)
             if slot is not None:
                 self.on_child_exit(slot, status)
+            else:
+                log.debug("reaped orphan %d (%s)", pid, _describe_exit(status))
 
     def on_child_exit(self, slot: RoleSlot, status: int) -> None:
         child = slot.child

@@ -50,3 +50,18 @@ def test_a_frozen_node_is_declared_dead_and_registers_again_when_it_wakes(
         psutil.Process(frozen.pid).resume()
     frozen.wait_for_event("node.registered_again")
     wait_until(lambda: status_of(db, frozen.pid) == "active", message="frozen node back")
+
+
+def test_the_supervisor_adopts_and_reaps_orphans_like_a_pid_1(make_app, start_node,
+                                                              database_url):
+    node = start_node(make_app(node={"roles": ["gateway", "function"]}), database_url)
+    node.wait_ready()
+    master = node.children()["gateway"]
+    [worker] = master.children()
+    master.kill()
+    wait_until(lambda: worker.ppid() == node.pid, timeout=5, interval=0.005,
+               message="the orphaned gunicorn worker adopted by the supervisor")
+    wait_until(lambda: not worker.is_running(), timeout=10, message="the orphan reaped")
+    zombies = [p for p in psutil.Process(node.pid).children() if p.status() == "zombie"]
+    assert zombies == []
+    node.wait_for_event("role.ready", where=lambda e: e["child_role"] == "gateway", count=2)
