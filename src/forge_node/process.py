@@ -16,22 +16,26 @@ import logging
 import os
 import signal
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+import psycopg
 import setproctitle
 
-from . import linux
+from . import db, linux
 from .app import AppRegistry
 from .config import Config
-from .errors import EXIT_FAILURE, EXIT_OK
+from .errors import EXIT_FAILURE, EXIT_OK, DatabaseUnavailable
 from .observability import logs
 from .wakeup import Waker
 
 log = logging.getLogger(__name__)
 
 REPORT_INTERVAL_SECS = 1.0
+RECONNECT_DELAY_SECS = 1.0
 READY = b"R"
 ALIVE = b"H"
 _INHERITED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
@@ -71,6 +75,7 @@ class RoleProcess:
         self.stopping = False
         self.reports = ReportPipe(ctx.report_fd)
         self.waker: Waker | None = None
+        self.database_lost_at: float | None = None
 
     def main(self) -> int:
         self.detach_from_supervisor()
@@ -101,12 +106,50 @@ class RoleProcess:
         signal.signal(signal.SIGINT, self.handle_stop)
 
     def run(self) -> None:
-        """Report ready, then tick until stopped; roles with real work override this."""
-        assert self.waker is not None
+        """Report ready, then turn until stopped: tick, one guarded step of work, wait."""
         self.reports.send(READY)
         while not self.stopping:
             self.tick()
-            self.waker.wait(REPORT_INTERVAL_SECS)
+            self.guarded(self.run_once)
+            self.wait()
+
+    def run_once(self) -> None:
+        """One turn of the role's work; the database may fail under it (see guarded)."""
+
+    def wait(self) -> None:
+        """Sleep until there is work, a signal, or the next report is due."""
+        assert self.waker is not None
+        self.waker.wait(REPORT_INTERVAL_SECS)
+
+    def guarded(self, step: Callable[[], object]) -> bool:
+        """Run a step. A lost database is logged once, `database_lost()` drops what it broke,
+        and the step is tried again on a later turn (not before RECONNECT_DELAY_SECS)."""
+        now = time.monotonic()
+        if self.database_lost_at is not None and \
+                now - self.database_lost_at < RECONNECT_DELAY_SECS:
+            return False
+        try:
+            step()
+        except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable) as exc:
+            if self.database_lost_at is None:
+                log.warning("%s lost the database: %s; retrying", self.role, db.first_line(exc),
+                            extra={"event": f"{self.role}.database_lost"})
+            self.database_lost_at = now
+            self.database_lost()
+            return False
+        except psycopg.Error:
+            log.exception("a %s step failed; retrying", self.role,
+                          extra={"event": f"{self.role}.step_failed"})
+            self.database_lost_at = now  # wait a moment before the next try
+            return False
+        if self.database_lost_at is not None:
+            log.info("%s reached the database again", self.role,
+                     extra={"event": f"{self.role}.database_back"})
+            self.database_lost_at = None
+        return True
+
+    def database_lost(self) -> None:
+        """Drop the connections a database outage broke; they are opened again on use."""
 
     def tick(self) -> None:
         """Tell the supervisor this process is alive; stop if the supervisor is gone."""

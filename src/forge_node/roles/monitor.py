@@ -32,7 +32,7 @@ from ..config import Config
 from ..http.resources.health import DatabaseProbe, HealthResource, ReadyResource
 from ..leader import ROLE_IDS
 from ..observability.otel import Telemetry
-from ..process import READY, REPORT_INTERVAL_SECS, RoleProcess
+from ..process import RoleProcess
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,12 @@ class MonitorProcess(RoleProcess):
         row = self.row.fetch()
         return row is not None, bool(row) and row[0] == "active"
 
-    def run(self) -> None:
-        self.reports.send(READY)
-        while not self.stopping:
-            self.tick()
-            if self.server is not None:
-                self.server.handle_request()
-            else:
-                self.waker.wait(REPORT_INTERVAL_SECS)
+    def wait(self) -> None:
+        """Answer one probe (or time out), so the loop still ticks every half second."""
+        if self.server is not None:
+            self.server.handle_request()
+        else:
+            super().wait()
 
     def shutdown(self) -> None:
         if self.server is not None:

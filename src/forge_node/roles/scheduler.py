@@ -16,15 +16,12 @@ import datetime
 import logging
 import time
 
-import psycopg
-
 from .. import crons, db, jobs
 from ..app import CronSpec
-from ..errors import DatabaseUnavailable
 from ..leader import LEADER_CHANNEL, LeaderElection
 from ..listener import Listener
 from ..observability.otel import Telemetry
-from ..process import READY, REPORT_INTERVAL_SECS, RoleProcess
+from ..process import REPORT_INTERVAL_SECS, RoleProcess
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +41,8 @@ class SchedulerProcess(RoleProcess):
         self.next_fire: dict[str, datetime.datetime] = {}
         self.next_attempt = 0.0
         self.purpose = purpose
-        self.database_lost = False
         self.telemetry = Telemetry.start(ctx.config.observability, ctx.config.project.name,
                                          "scheduler", str(ctx.node_id))
-
-    def run(self) -> None:
-        self.reports.send(READY)
-        while not self.stopping:
-            self.tick()
-            self.guarded(self.run_once)
-            self.wait()
 
     def run_once(self) -> None:
         self.read_notifications()
@@ -64,21 +53,9 @@ class SchedulerProcess(RoleProcess):
         else:
             self.fire_due_ticks(now())
 
-    def guarded(self, step: object) -> None:
-        try:
-            step()
-        except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable) as exc:
-            if not self.database_lost:
-                log.warning("scheduler lost the database: %s; retrying", db.first_line(exc),
-                            extra={"event": "scheduler.database_lost"})
-            self.database_lost = True
-            self.election.close()
-            self.next_attempt = time.monotonic() + LEADER_RETRY_SECS
-            return
-        if self.database_lost:
-            log.info("scheduler reached the database again",
-                     extra={"event": "scheduler.database_back"})
-            self.database_lost = False
+    def database_lost(self) -> None:
+        self.election.close()
+        self.next_attempt = time.monotonic() + LEADER_RETRY_SECS
 
     def read_notifications(self) -> None:
         if self.listener.poll():  # a leader stood down: try at once

@@ -18,9 +18,7 @@ import collections
 import logging
 import time
 import traceback
-from typing import Any
 
-import psycopg
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
@@ -29,19 +27,18 @@ from .. import db, jobs
 from ..app import DEFAULT_JOB_BACKOFF
 from ..context import JobContext
 from ..encoding import to_jsonable
-from ..errors import DatabaseUnavailable, PermanentError
+from ..errors import PermanentError
 from ..jobpool import JobPool, Outcome, RunningJob
 from ..jobs import CANCEL_CHANNEL, NOTIFY_CHANNEL, ClaimedJob, WorkerQueue
 from ..listener import Listener
 from ..observability.logs import JOB_ID
 from ..observability.otel import Telemetry
-from ..process import READY, REPORT_INTERVAL_SECS, RoleProcess
+from ..process import REPORT_INTERVAL_SECS, RoleProcess
 
 log = logging.getLogger(__name__)
 
 CANCEL_CHECK_SECS = 1.0
 DRAIN_MARGIN_SECS = 1.0      # finish draining this long before the supervisor's SIGKILL
-RECONNECT_DELAY_SECS = 1.0
 
 
 class WorkerProcess(RoleProcess):
@@ -68,19 +65,11 @@ class WorkerProcess(RoleProcess):
         self.reclaimed = False
         self.next_poll = 0.0
         self.next_cancel_check = 0.0
-        self.database_lost_at: float | None = None
         self.telemetry = Telemetry.start(config.observability, config.project.name, "worker",
                                          str(ctx.node_id))
         self.tracer, self.metrics = self.telemetry.tracer, self.telemetry.metrics
         for pool in self.pools:
             pool.start()
-
-    def run(self) -> None:
-        self.reports.send(READY)
-        while not self.stopping:
-            self.tick()
-            self.guarded(self.run_once)
-            self.wait_for_work()
 
     def run_once(self) -> None:
         """One turn: wake-ups, outcomes, timeouts, cancel requests, then new claims."""
@@ -92,30 +81,10 @@ class WorkerProcess(RoleProcess):
         self.refresh_cancel_requests()
         self.claim_jobs()
 
-    def guarded(self, step: Any) -> bool:
-        """Run a step; a lost database is logged once and retried on a later turn."""
-        if self.database_lost_at and time.monotonic() - self.database_lost_at < \
-                RECONNECT_DELAY_SECS:
-            return False
-        try:
-            step()
-        except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable) as exc:
-            if self.database_lost_at is None:
-                log.warning("worker lost the database: %s; retrying", db.first_line(exc),
-                            extra={"event": "worker.database_lost"})
-            self.database_lost_at = time.monotonic()
-            if self.queue is not None:
-                self.queue.conn.close()
-                self.queue = None
-            return False
-        except psycopg.Error:
-            log.exception("a worker step failed; retrying", extra={"event": "worker.step_failed"})
-            self.database_lost_at = time.monotonic()  # wait a moment before the next try
-            return False
-        if self.database_lost_at is not None:
-            log.info("worker reached the database again", extra={"event": "worker.database_back"})
-            self.database_lost_at = None
-        return True
+    def database_lost(self) -> None:
+        if self.queue is not None:
+            self.queue.conn.close()
+            self.queue = None
 
     def connection(self) -> WorkerQueue:
         if self.queue is None or self.queue.conn.closed or self.queue.conn.broken:
@@ -253,7 +222,8 @@ class WorkerProcess(RoleProcess):
                 if len(claimed) < wants:
                     pool.queue_may_have_work = False
 
-    def wait_for_work(self) -> None:
+    def wait(self) -> None:
+        """Until a NOTIFY, an outcome, the next poll or the nearest job deadline."""
         if self.reported or self.stopping:
             return
         now = time.monotonic()
