@@ -143,3 +143,21 @@ def test_status_shows_the_leader(cluster, db, database_url):
                          [node.pid]).fetchone()[0]
     assert (leader["role"], leader["node_id"]) == ("scheduler", node_id)
     assert leader["since"]
+
+
+def test_after_a_pause_missed_ticks_are_caught_up_or_skipped_and_logged(cluster, db):
+    node = cluster()
+    wait_until(lambda: len(ran(db, "keeper")) >= 2, timeout=15, message="ticks")
+    scheduler = node.children()["scheduler"]
+    scheduler.suspend()  # the leader keeps its lock but fires nothing for 3 s
+    time.sleep(3.2)
+    scheduler.resume()
+    moment = datetime.datetime.now(datetime.UTC)
+    wait_until(lambda: ran(db, "keeper")[-1] > moment, timeout=10, message="ticks again")
+    wait_until(lambda: ran(db, "skipper")[-1] > moment, timeout=10, message="skipper again")
+    assert_consecutive(ran(db, "keeper"))  # catch_up=True: every missed tick ran
+    skipper = ran(db, "skipper")
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(skipper)]
+    assert max(gaps) >= 3, "catch_up=False: the missed ticks were skipped"
+    missed = node.wait_for_event("cron.missed", where=lambda e: e["cron"] == "skipper")
+    assert missed["skipped"] >= 2
