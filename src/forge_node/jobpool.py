@@ -13,7 +13,7 @@ process restarts.
 
 from __future__ import annotations
 
-import collections
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -58,9 +58,9 @@ class JobPool:
         self.take_any = take_any
         self._execute = execute
         self._report = report
-        self._ready: collections.deque[RunningJob] = collections.deque()
-        self._cond = threading.Condition()
-        self._closing = False
+        self._ready: queue.SimpleQueue[RunningJob | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # decides between abandon() and a late report
+        self._threads = 0
         self.in_hand: dict[int, RunningJob] = {}  # main thread only: claimed, not collected
         self.queue_may_have_work = True
 
@@ -78,9 +78,7 @@ class JobPool:
     def submit(self, jobs: list[RunningJob]) -> None:
         for running in jobs:
             self.in_hand[running.job.id] = running
-        with self._cond:
-            self._ready.extend(jobs)
-            self._cond.notify(len(jobs))
+            self._ready.put(running)
 
     def collect(self, outcome: Outcome) -> bool:
         """Forget a job whose outcome arrived; False when it was already given up on."""
@@ -90,42 +88,42 @@ class JobPool:
         return [r for r in self.in_hand.values() if r.started_at is not None]
 
     def take_unstarted(self) -> list[RunningJob]:
-        """Remove and return the jobs no thread has started (for a drain)."""
-        with self._cond:
-            unstarted = list(self._ready)
-            self._ready.clear()
-        for running in unstarted:
-            self.in_hand.pop(running.job.id, None)
+        """Remove and return the jobs no thread has taken yet (for a drain)."""
+        unstarted = []
+        while True:
+            try:
+                running = self._ready.get_nowait()
+            except queue.Empty:
+                break
+            if running is not None:
+                unstarted.append(running)
+                self.in_hand.pop(running.job.id, None)
         return unstarted
 
     def abandon(self, running: RunningJob) -> None:
         """Give up on a started job: its thread is replaced, its late result ignored."""
-        with self._cond:
+        with self._lock:
             running.abandoned = True
             self._start_thread()
         self.in_hand.pop(running.job.id, None)
 
     def close(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
+        for _ in range(self._threads):
+            self._ready.put(None)  # one stop sign per thread ever started is enough
 
     def _start_thread(self) -> None:
-        thread = threading.Thread(target=self._thread_main, daemon=True,
-                                  name=f"job-{self.capability}")
-        thread.start()
+        self._threads += 1
+        threading.Thread(target=self._thread_main, daemon=True,
+                         name=f"job-{self.capability}").start()
 
     def _thread_main(self) -> None:
         while True:
-            with self._cond:
-                while not self._ready and not self._closing:
-                    self._cond.wait()
-                if not self._ready:
-                    return
-                running = self._ready.popleft()
-                running.started_at = time.monotonic()
+            running = self._ready.get()
+            if running is None:
+                return
+            running.started_at = time.monotonic()
             outcome = self._execute(running)
-            with self._cond:  # decided together with abandon(): report, or leave quietly
+            with self._lock:  # decided together with abandon(): report, or leave quietly
                 if running.abandoned:
                     return
                 self._report(outcome)

@@ -27,6 +27,7 @@ Q = Queries.load(__file__, "jobs.sql")
 
 NOTIFY_CHANNEL = "forge_jobs"
 CANCEL_CHANNEL = "forge_jobs_cancel"
+ANY_CAPABILITY = "*"  # the capability of jobs any worker may run
 RECLAIM_LOCK_KEY = 0x464F524745_02
 CLEANER_LOCK_KEY = 0x464F524745_03
 STATUSES = ("pending", "running", "completed", "dead", "cancelled")
@@ -45,7 +46,7 @@ class ClaimedJob:
     max_attempts: int
     timeout_secs: float | None
     cancel_requested: bool
-    capability: str | None
+    capability: str
     trace_context: str | None = None
 
 
@@ -90,7 +91,7 @@ def _job_params(spec: JobSpec, run_at: datetime.datetime | None, delay_secs: flo
         raise ValueError("pass run_at or delay_secs, not both")
     if delay_secs is not None:
         run_at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=delay_secs)
-    return {"type": spec.name, "capability": spec.worker_capability,
+    return {"type": spec.name, "capability": spec.worker_capability or ANY_CAPABILITY,
             "priority": spec.priority if priority is None else priority,
             "max_attempts": spec.max_attempts, "timeout_secs": spec.timeout_secs,
             "run_at": run_at, "trace_context": current_traceparent()}
@@ -129,7 +130,7 @@ class WorkerQueue:
         updated = self.conn.execute(Q.complete_jobs, {
             "ids": [job_id for job_id, _, _ in done],
             "attempts": [attempt for _, attempt, _ in done],
-            "results": [Jsonb(result) for _, _, result in done],
+            "results": [None if result is None else Jsonb(result) for _, _, result in done],
             "node_id": self.node_id}).fetchall()
         return dict(updated)
 

@@ -6,7 +6,7 @@ VALUES (%(type)s, %(args)s, %(capability)s, %(priority)s, %(max_attempts)s, %(ti
         COALESCE(%(run_at)s, now()), %(idempotency_key)s, %(trace_context)s)
 ON CONFLICT (idempotency_key)
     WHERE idempotency_key IS NOT NULL AND status IN ('pending', 'running') DO NOTHING
-RETURNING id, pg_notify('forge_jobs', COALESCE(capability, '*'));
+RETURNING id, pg_notify('forge_jobs', capability);
 
 -- name: find_job_by_key
 SELECT id FROM forge_jobs
@@ -23,11 +23,11 @@ WITH inserted AS (
     RETURNING id
 )
 SELECT COALESCE(array_agg(id ORDER BY id), '{}'),
-       pg_notify('forge_jobs', COALESCE(%(capability)s, '*'))
+       pg_notify('forge_jobs', %(capability)s)
 FROM inserted;
 
 -- name: claim_jobs
--- One ordered index scan for the pool's capability, one for jobs without a capability (only
+-- One ordered index scan for the pool's capability, one for jobs for any worker ('*', only
 -- in the pool that takes those), then the best of both. Rows locked but not chosen are
 -- released at once: the statement is its own transaction.
 WITH own AS (
@@ -38,7 +38,7 @@ WITH own AS (
     FOR UPDATE SKIP LOCKED
 ), any_capability AS (
     SELECT id, priority, run_at FROM forge_jobs
-    WHERE status = 'pending' AND capability IS NULL AND %(take_any)s AND run_at <= now()
+    WHERE status = 'pending' AND capability = '*' AND %(take_any)s AND run_at <= now()
     ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -150,7 +150,7 @@ UPDATE forge_jobs
 SET status = 'pending', attempts = 0, run_at = now(), node_id = NULL, completed_at = NULL,
     started_at = NULL, cancel_requested = false, progress = NULL, progress_message = NULL
 WHERE id = %(id)s AND status IN ('dead', 'cancelled')
-RETURNING id, pg_notify('forge_jobs', COALESCE(capability, '*'));
+RETURNING id, pg_notify('forge_jobs', capability);
 
 -- name: get_job
 SELECT id, type, status, attempts, max_attempts, capability, priority, node_id::text,
@@ -168,7 +168,7 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- name: queue_depths
-SELECT COALESCE(capability, '*') AS capability,
+SELECT capability,
        count(*) FILTER (WHERE status = 'pending') AS pending,
        count(*) FILTER (WHERE status = 'running') AS running,
        count(*) FILTER (WHERE status = 'dead') AS dead,

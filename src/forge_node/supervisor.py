@@ -351,11 +351,10 @@ class Supervisor:
         return all(slot.child is not None and slot.child.ready for slot in self.slots.values())
 
     def report_status(self) -> None:
-        """Write status changes at once (not at the next heartbeat); READY=1 to systemd once."""
-        if self.state == RUNNING and not self.ever_ready and self.all_ready():
-            self.ever_ready = True
-            log.info("node %s ready", self.node.id, extra={"event": "node.ready"})
-            sd_notify("READY=1")
+        """Write status changes at once (not at the next heartbeat); once every role is up for
+        the first time, the row says active before the log line and systemd hear "ready"."""
+        became_ready = self.state == RUNNING and not self.ever_ready and self.all_ready()
+        self.ever_ready = self.ever_ready or became_ready
         status = self.node_status()
         if status != self.reported_status:
             self.reported_status = status
@@ -364,6 +363,9 @@ class Supervisor:
                 log.warning("node degraded: %s not up", ", ".join(down),
                             extra={"event": "node.degraded", "roles_down": down})
             self.services.run_now("heartbeat")
+        if became_ready:
+            log.info("node %s ready", self.node.id, extra={"event": "node.ready"})
+            sd_notify("READY=1")
 
     def _connect(self) -> psycopg.Connection:
         return db.connect(self.database_url, f"supervisor {str(self.node.id)[:8]}",

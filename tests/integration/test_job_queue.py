@@ -54,7 +54,7 @@ def test_enqueue_takes_the_jobs_defaults_and_returns_its_id(queue_db):
     assert row(queue_db, job_id) == ("pending", 0, None, "gpu", 7, 5, 60.0)
     assert queue_db.execute("SELECT args FROM forge_jobs WHERE id = %s",
                             [job_id]).fetchone()[0] == {"epochs": 3}
-    assert row(queue_db, forge.enqueue(queue_db, "plain", priority=-1))[3:5] == (None, -1)
+    assert row(queue_db, forge.enqueue(queue_db, "plain", priority=-1))[3:5] == ("*", -1)
 
 
 def test_an_unknown_job_name_fails_at_enqueue_time(queue_db):

@@ -51,7 +51,7 @@ def list_command(
         return
     print(table(["ID", "TYPE", "STATUS", "ATTEMPTS", "CAPABILITY", "PROGRESS", "CREATED"],
                 [[r["id"], r["type"], r["status"], f"{r['attempts']}/{r['max_attempts']}",
-                  r["capability"] or "*", None if r["progress"] is None else f"{r['progress']}%",
+                  r["capability"], None if r["progress"] is None else f"{r['progress']}%",
                   f"{r['created_at']:%Y-%m-%d %H:%M:%S}"] for r in rows], empty="no jobs"))
 
 

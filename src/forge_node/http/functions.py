@@ -12,6 +12,7 @@ connection until it returns.)
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import contextvars
 import logging
 import random
@@ -19,6 +20,7 @@ import time
 from typing import Any
 
 import psycopg
+from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 from psycopg.rows import namedtuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -40,7 +42,7 @@ class FunctionRunner:
                  threads: int, telemetry: Telemetry) -> None:
         self.primary = primary
         self.replicas = replicas
-        self.tracer = telemetry.tracer
+        self.telemetry = telemetry
         self.metrics = telemetry.metrics
         self._timeout_threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="fn-timeout")
@@ -69,8 +71,11 @@ class FunctionRunner:
     def run(self, spec: FunctionSpec, args: dict, auth: dict | None, request_id: str) -> Any:
         """Run the function in its `fn.execute` span; record its outcome as a metric."""
         outcome = "error"
-        with self.tracer.start_as_current_span(
-                "fn.execute", attributes={"fn.name": spec.name, "fn.kind": spec.kind}) as span:
+        # without traces exported, the request's own ids are all a function's logs need
+        span = self.telemetry.start_span(
+            "fn.execute", attributes={"fn.name": spec.name, "fn.kind": spec.kind}) \
+            if self.telemetry.tracing else None
+        with trace.use_span(span, end_on_exit=True) if span else contextlib.nullcontext():
             try:
                 result = self._run(spec, args, auth, request_id)
                 outcome = "ok"
@@ -80,9 +85,10 @@ class FunctionRunner:
                     exc.code, "error")
                 raise
             finally:
-                span.set_attribute("fn.outcome", outcome)
-                if outcome != "ok":
-                    span.set_status(StatusCode.ERROR)
+                if span is not None:
+                    span.set_attribute("fn.outcome", outcome)
+                    if outcome != "ok":
+                        span.set_status(StatusCode.ERROR)
                 self.metrics.function_run(spec.name, spec.kind, outcome)
 
     def _run(self, spec: FunctionSpec, args: dict, auth: dict | None, request_id: str) -> Any:
@@ -102,14 +108,18 @@ class FunctionRunner:
     def _execute(self, spec: FunctionSpec, args: dict, auth: dict | None, request_id: str,
                  deadline: float | None, holder: _Holder) -> Any:
         try:
+            # The pool's block is the transaction: it commits when the block ends normally
+            # and rolls back when it raises (an explicit conn.transaction() costs a round trip)
             with self._pool_for(spec).connection(timeout=POOL_WAIT_SECS) as conn:
                 holder.conn = conn
-                with conn.transaction():
-                    self._prepare(conn, spec)
-                    result = spec.handler(FunctionContext(conn, auth, request_id), args)
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise _timed_out(spec)  # too late: roll its work back
-                    return result
+                read_only = spec.kind == "query"
+                if conn.read_only != read_only:  # BEGIN READ ONLY, with the first query
+                    conn.read_only = read_only
+                self._prepare(conn, spec)
+                result = spec.handler(FunctionContext(conn, auth, request_id), args)
+                if deadline is not None and time.monotonic() > deadline:
+                    raise _timed_out(spec)  # too late: roll its work back
+                return result
         except (ApiError, Error):
             raise
         except psycopg.errors.QueryCanceled:
@@ -130,8 +140,6 @@ class FunctionRunner:
 
     @staticmethod
     def _prepare(conn: psycopg.Connection, spec: FunctionSpec) -> None:
-        if spec.kind == "query":
-            conn.execute("SET TRANSACTION READ ONLY")
         if spec.timeout_secs is not None:
             conn.execute("SELECT set_config('statement_timeout', %s, true)",
                          [str(int(spec.timeout_secs * 1000))])

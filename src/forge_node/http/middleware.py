@@ -14,15 +14,13 @@ import time
 import falcon
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanKind, StatusCode
 
 from ..observability.logs import REQUEST_ID
-from ..observability.otel import Telemetry
+from ..observability.otel import Telemetry, unrecorded_span
 from . import correlation
 
 access_log = logging.getLogger("forge_node.access")
-_ids = RandomIdGenerator()
 
 EXPOSED_HEADERS = "x-request-id, x-trace-id, x-span-id"
 PREFLIGHT_METHODS = "GET, POST, OPTIONS"
@@ -32,7 +30,7 @@ PREFLIGHT_MAX_AGE_SECS = "600"
 
 class RequestMiddleware:
     def __init__(self, telemetry: Telemetry, quiet_routes: tuple[str, ...]) -> None:
-        self.tracer = telemetry.tracer
+        self.telemetry = telemetry
         self.metrics = telemetry.metrics
         self.quiet_routes = frozenset(quiet_routes)
 
@@ -41,14 +39,16 @@ class RequestMiddleware:
         ctx.started = time.perf_counter()
         ctx.request_id = correlation.request_id_from(req.get_header("x-request-id"))
         ctx.quiet = req.path in self.quiet_routes
-        parent = propagate.extract({"traceparent": req.get_header("traceparent") or "",
-                                    "tracestate": req.get_header("tracestate") or ""})
+        traceparent = req.get_header("traceparent")
+        parent = propagate.extract({"traceparent": traceparent,
+                                    "tracestate": req.get_header("tracestate") or ""}) \
+            if traceparent else None
         if ctx.quiet:
-            span = _unrecorded_span(trace.get_current_span(parent).get_span_context())
+            span = unrecorded_span(trace.get_current_span(parent).get_span_context())
         else:
-            span = self.tracer.start_span("http.request", context=parent, kind=SpanKind.SERVER,
-                                          attributes={"http.request.method": req.method,
-                                                      "request.id": ctx.request_id})
+            span = self.telemetry.start_span(
+                "http.request", parent=parent, kind=SpanKind.SERVER,
+                attributes={"http.request.method": req.method, "request.id": ctx.request_id})
         span_context = span.get_span_context()
         ctx.span = span
         ctx.trace_id = format(span_context.trace_id, "032x")
@@ -81,6 +81,8 @@ class RequestMiddleware:
             span.set_status(StatusCode.ERROR)
         span.end()
         self.metrics.http_request(req.method, route, status, seconds)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
         access_log.info("%s %s %s %.1fms", req.method, req.path, status, seconds * 1000, extra={
             "event": "http.request", "method": req.method, "route": route, "status": status,
             "duration_ms": round(seconds * 1000, 2), "request_id": ctx.request_id})
@@ -124,11 +126,3 @@ def route_of(req: falcon.Request) -> str:
     if req.uri_template:
         return req.uri_template
     return "/_api/*" if req.path.startswith("/_api/") else "frontend"
-
-
-def _unrecorded_span(parent: trace.SpanContext) -> trace.Span:
-    """Ids for a quiet route's headers, in the caller's trace, with nothing recorded."""
-    trace_id = parent.trace_id if parent.is_valid else _ids.generate_trace_id()
-    return trace.NonRecordingSpan(trace.SpanContext(
-        trace_id=trace_id, span_id=_ids.generate_span_id(), is_remote=False,
-        trace_flags=parent.trace_flags if parent.is_valid else trace.TraceFlags(0)))

@@ -1,8 +1,7 @@
 """OpenTelemetry for one process, built after it is forked and shut down before it exits.
 
 A provider built before a fork would keep the parent's pid and its export threads, so each
-role process (and each gunicorn worker) calls `Telemetry.start` itself. Traces always go
-through the SDK, also when nothing is exported (then sampled off): every request and job
+role process (and each gunicorn worker) calls `Telemetry.start` itself. Every request and job
 gets real trace and span ids for its headers and log lines, and an inbound `traceparent`
 joins its trace either way.
 
@@ -22,18 +21,20 @@ from dataclasses import dataclass
 
 from opentelemetry import metrics as metrics_api
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from .. import __version__
 from ..config import ObservabilityConfig
 from . import logs
 from .metrics import DURATION_BUCKETS, Metrics
+from .spans import RatioSampler, SpanFactory, SpanShipper, unrecorded_span
+
+__all__ = ["Telemetry", "unrecorded_span"]
 
 SCOPE = "forge_node"
 EXPORT_TIMEOUT_SECS = 5.0
@@ -41,10 +42,10 @@ EXPORT_TIMEOUT_SECS = 5.0
 
 @dataclass
 class Telemetry:
-    tracer: trace.Tracer
+    spans: SpanFactory
     metrics: Metrics
     meter: metrics_api.Meter
-    _providers: tuple
+    _shutdowns: tuple
 
     @classmethod
     def start(cls, config: ObservabilityConfig, service: str, role: str,
@@ -52,19 +53,32 @@ class Telemetry:
         resource = Resource.create({
             "service.name": service, "service.version": __version__,
             "service.instance.id": node_id, "forge.role": role, "process.pid": os.getpid()})
-        tracer_provider = _tracer_provider(config, resource)
+        shipper = _span_shipper(config, resource)
         meter_provider = _meter_provider(config, resource)
         logger_provider = _logger_provider(config, resource)
         meter = (meter_provider or metrics_api.NoOpMeterProvider()).get_meter(SCOPE, __version__)
-        providers = tuple(p for p in (tracer_provider, meter_provider, logger_provider) if p)
-        return cls(tracer_provider.get_tracer(SCOPE, __version__), Metrics(meter), meter,
-                   providers)
+        sampler = RatioSampler(config.sampling_ratio) if shipper else None
+        shutdowns = tuple(p.shutdown for p in (shipper, meter_provider, logger_provider) if p)
+        return cls(SpanFactory(sampler, shipper), Metrics(meter, meter_provider is not None),
+                   meter, shutdowns)
+
+    @property
+    def tracing(self) -> bool:
+        return self.spans.shipper is not None
+
+    def start_span(self, name: str, *, parent: Context | None = None,
+                   kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+                   attributes: dict | None = None) -> trace.Span:
+        """A recorded span when sampled and traces are exported; otherwise only its ids (in
+        the parent's trace), which is all headers and log lines need."""
+        parent_span = trace.get_current_span(parent).get_span_context()
+        return self.spans.start(name, parent_span, kind, attributes)
 
     def shutdown(self) -> None:
         """Flush what is buffered (bounded by the exporters' timeouts) and stop the threads."""
-        for provider in self._providers:
+        for shutdown in self._shutdowns:
             try:
-                provider.shutdown()
+                shutdown()
             except Exception:  # a collector that is down must not fail a clean stop
                 logging.getLogger(__name__).debug("telemetry shutdown failed", exc_info=True)
         logs.detach_otlp_handler()
@@ -76,16 +90,13 @@ def _endpoint(config: ObservabilityConfig, signal: str) -> str | None:
     return f"{config.otlp_endpoint.rstrip('/')}/v1/{signal}"
 
 
-def _tracer_provider(config: ObservabilityConfig, resource: Resource) -> TracerProvider:
+def _span_shipper(config: ObservabilityConfig, resource: Resource) -> SpanShipper | None:
     if not config.exports("traces"):
-        return TracerProvider(resource=resource, sampler=ALWAYS_OFF)
+        return None
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    provider = TracerProvider(resource=resource,
-                              sampler=ParentBased(TraceIdRatioBased(config.sampling_ratio)))
     exporter = OTLPSpanExporter(endpoint=_endpoint(config, "traces"), timeout=EXPORT_TIMEOUT_SECS)
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    return provider
+    return SpanShipper(exporter, resource, InstrumentationScope(SCOPE, __version__))
 
 
 def _meter_provider(config: ObservabilityConfig, resource: Resource) -> MeterProvider | None:

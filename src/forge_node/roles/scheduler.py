@@ -16,6 +16,8 @@ import datetime
 import logging
 import time
 
+from opentelemetry import trace
+
 from .. import crons, db, jobs
 from ..app import CronSpec
 from ..leader import LEADER_CHANNEL, LeaderElection
@@ -106,8 +108,9 @@ class SchedulerProcess(RoleProcess):
     def fire(self, cron: CronSpec, scheduled_for: datetime.datetime) -> None:
         """Claim the tick and enqueue its job in one transaction, in a cron.tick span that
         the job's run joins."""
-        with self.telemetry.tracer.start_as_current_span("cron.tick", attributes={
-                "cron.name": cron.name, "cron.scheduled_for": scheduled_for.isoformat()}) as span, \
+        span = self.telemetry.start_span("cron.tick", attributes={
+            "cron.name": cron.name, "cron.scheduled_for": scheduled_for.isoformat()})
+        with trace.use_span(span, end_on_exit=True), \
                 db.connect(self.ctx.database_url, self.purpose, autocommit=False) as conn:
             if not crons.claim_tick(conn, cron.name, scheduled_for, self.ctx.node_id):
                 span.set_attribute("cron.outcome", "already_fired")

@@ -29,7 +29,7 @@ from ..context import JobContext
 from ..encoding import to_jsonable
 from ..errors import PermanentError
 from ..jobpool import JobPool, Outcome, RunningJob
-from ..jobs import CANCEL_CHANNEL, NOTIFY_CHANNEL, ClaimedJob, WorkerQueue
+from ..jobs import ANY_CAPABILITY, CANCEL_CHANNEL, NOTIFY_CHANNEL, ClaimedJob, WorkerQueue
 from ..listener import Listener
 from ..observability.logs import JOB_ID
 from ..observability.otel import Telemetry
@@ -67,7 +67,7 @@ class WorkerProcess(RoleProcess):
         self.next_cancel_check = 0.0
         self.telemetry = Telemetry.start(config.observability, config.project.name, "worker",
                                          str(ctx.node_id))
-        self.tracer, self.metrics = self.telemetry.tracer, self.telemetry.metrics
+        self.metrics = self.telemetry.metrics
         for pool in self.pools:
             pool.start()
 
@@ -116,7 +116,8 @@ class WorkerProcess(RoleProcess):
                 self.next_cancel_check = 0.0
                 continue
             for pool in self.pools:
-                if note.payload == pool.capability or (note.payload == "*" and pool.take_any):
+                if note.payload == pool.capability or (note.payload == ANY_CAPABILITY
+                                                       and pool.take_any):
                     pool.queue_may_have_work = True
 
     def collect_outcomes(self) -> None:
@@ -239,8 +240,8 @@ class WorkerProcess(RoleProcess):
         """Run one attempt in its job.execute span, joined to the trace that enqueued it."""
         job = running.job
         parent = propagate.extract({"traceparent": job.trace_context or ""})
-        running.span = self.tracer.start_span(
-            "job.execute", context=parent, kind=SpanKind.CONSUMER,
+        running.span = self.telemetry.start_span(
+            "job.execute", parent=parent, kind=SpanKind.CONSUMER,
             attributes={"job.type": job.type, "job.id": job.id, "job.attempt": job.attempt})
         token = otel_context.attach(trace.set_span_in_context(running.span, parent))
         job_token = JOB_ID.set(job.id)
@@ -301,7 +302,7 @@ class WorkerProcess(RoleProcess):
             self.guarded(self.collect_and_record)
             self.waker.wait(min(0.2, max(0.0, deadline - time.monotonic())))
         self.guarded(self.collect_and_record)
-        unfinished = [r for pool in self.pools for r in pool.running()]
+        unfinished = [r for pool in self.pools for r in pool.in_hand.values()]
         self.give_back([r.job for r in unfinished], deadline + DRAIN_MARGIN_SECS / 2,
                        "not finished in time")
         for running in unfinished:
