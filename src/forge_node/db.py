@@ -62,7 +62,6 @@ def create_pool(url: str, purpose: str, *, max_size: int, min_size: int = 1,
         max_size=max_size,
         kwargs=connection_kwargs(purpose, statement_timeout_secs),
         check=check_if_idle,
-        reset=_stamp_return,
         configure=configure,
         open=False,
         name=purpose,
@@ -71,14 +70,17 @@ def create_pool(url: str, purpose: str, *, max_size: int, min_size: int = 1,
 
 def check_if_idle(conn: psycopg.Connection) -> None:
     """Before a checkout, prove with a round trip that a connection idle for over a second
-    still works (after a PostgreSQL restart, every idle one is dead). One returned a moment
-    ago was alive then: checking it too would double the round trips of a busy pool."""
-    if time.monotonic() - getattr(conn, "_forge_returned_at", 0.0) > IDLE_CHECK_SECS:
+    still works (after a PostgreSQL restart, every idle one is dead). One used a moment ago
+    (see `mark_used`) was alive then: checking it too would double the round trips of a busy
+    pool."""
+    if time.monotonic() - getattr(conn, "_forge_used_at", 0.0) > IDLE_CHECK_SECS:
         ConnectionPool.check_connection(conn)
 
 
-def _stamp_return(conn: psycopg.Connection) -> None:
-    conn._forge_returned_at = time.monotonic()
+def mark_used(conn: psycopg.Connection) -> None:
+    """Note that `conn` just worked. (Not a pool `reset` callback: with one, psycopg_pool
+    hands every returned connection to a worker thread.)"""
+    conn._forge_used_at = time.monotonic()
 
 
 def first_line(exc: BaseException) -> str:

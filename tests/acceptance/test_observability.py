@@ -77,10 +77,16 @@ def test_a_request_its_function_and_the_job_it_enqueued_share_one_trace(observed
     node = observed()
     _, headers, _ = call(node.app.port, "place_order", {"sku": "A-1"})
     trace_id = headers["x-trace-id"]
-    job_span = otlp.wait_for(lambda r: [s for s in r.spans_named("job.execute")
-                                        if s["trace_id"] == trace_id], message="job span")[0]
-    [http_span] = [s for s in otlp.spans_named("http.request") if s["trace_id"] == trace_id]
-    [fn_span] = [s for s in otlp.spans_named("fn.execute") if s["trace_id"] == trace_id]
+
+    def in_trace(name):
+        return [s for s in otlp.spans_named(name) if s["trace_id"] == trace_id]
+
+    # The gateway and the worker export on their own schedules: wait for all three spans.
+    otlp.wait_for(lambda r: all(in_trace(name) for name in
+                                ("http.request", "fn.execute", "job.execute")),
+                  message="the request's, the function's and the job's spans")
+    [http_span], [fn_span], [job_span] = (in_trace(name) for name in
+                                          ("http.request", "fn.execute", "job.execute"))
     assert http_span["span_id"] == headers["x-span-id"]
     assert http_span["attributes"] == {
         "http.request.method": "POST", "http.route": "/_api/rpc/{name}",

@@ -26,13 +26,12 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from .. import __version__
 from ..config import ObservabilityConfig
 from . import logs
 from .metrics import DURATION_BUCKETS, Metrics
-from .spans import RatioSampler, SpanFactory, SpanShipper, unrecorded_span
+from .spans import OtlpHttpSender, RatioSampler, SpanFactory, SpanShipper, unrecorded_span
 
 __all__ = ["Telemetry", "unrecorded_span"]
 
@@ -93,10 +92,8 @@ def _endpoint(config: ObservabilityConfig, signal: str) -> str | None:
 def _span_shipper(config: ObservabilityConfig, resource: Resource) -> SpanShipper | None:
     if not config.exports("traces"):
         return None
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    exporter = OTLPSpanExporter(endpoint=_endpoint(config, "traces"), timeout=EXPORT_TIMEOUT_SECS)
-    return SpanShipper(exporter, resource, InstrumentationScope(SCOPE, __version__))
+    sender = OtlpHttpSender(_endpoint(config, "traces"), EXPORT_TIMEOUT_SECS)
+    return SpanShipper(sender, resource, SCOPE, __version__)
 
 
 def _meter_provider(config: ObservabilityConfig, resource: Resource) -> MeterProvider | None:

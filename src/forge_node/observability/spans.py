@@ -1,55 +1,46 @@
-"""forge-node's own spans: the OpenTelemetry API's Span, recorded for a fraction of the SDK's
-cost, and exported in batches through the SDK's OTLP/HTTP exporter.
+"""forge-node's own spans: the OpenTelemetry API's Span, recorded and exported over
+OTLP/HTTP for a fraction of the SDK's cost.
 
-The SDK's general-purpose span (samplers, limits, locks, attribute validation on every
-call) costs tens of microseconds to create and end, twice per request, and its batch export
-hashes the resource once per span. forge-node records only its own few spans, whose
-attributes it controls, so a `RecordedSpan` keeps plain fields; its sampling decision is
-the SDK's ParentBased(TraceIdRatioBased) rule, computed inline. Ended spans queue in
-memory (bounded: when the collector cannot keep up, new spans are dropped, never a request
-slowed) and a background thread turns them into the SDK's ReadableSpan in batches for
-`OTLPSpanExporter`. Unsampled spans are NonRecordingSpans: ids for headers and log lines,
-nothing recorded.
+Measured on the reference machine (bench/gateway.py --peer observability), the SDK's
+general-purpose span (samplers, limits, locks, attribute validation on every call) and its
+generic OTLP encoding cost about 150 microseconds per span, two spans per request: more
+than the whole of a trivial query. forge-node records only its own few spans, whose
+attributes it controls, so a `RecordedSpan` keeps plain fields, its sampling decision is the
+SDK's ParentBased(TraceIdRatioBased) rule computed inline, and ended spans are encoded
+straight into the OTLP protobuf messages (opentelemetry-proto) and POSTed by one background
+thread, honouring the standard OTEL_EXPORTER_OTLP_* and OTEL_BSP_* variables. The queue is
+bounded: when the collector cannot keep up, spans are dropped, never a request slowed.
+Unsampled spans are NonRecordingSpans: ids for headers and log lines, nothing recorded.
+Metrics and logs use the SDK and its exporters (otel.py).
 """
 
 from __future__ import annotations
 
 import collections
+import gzip
 import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
+import requests
 from opentelemetry import trace
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PbResource
+from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.util.re import parse_env_headers
 
 log = logging.getLogger(__name__)
 
 _ids = RandomIdGenerator()
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _TRACE_ID_LIMIT = (1 << 64) - 1
-
-
-class FrozenResource(Resource):
-    """A Resource whose hash is computed once: the exporter groups spans by resource, and the
-    SDK's Resource serialises its attributes to JSON for every hash."""
-
-    def __init__(self, resource: Resource) -> None:
-        super().__init__(resource.attributes, resource.schema_url)
-        self._hash = super().__hash__()
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        return self is other or super().__eq__(other)
 
 
 class RatioSampler:
@@ -89,7 +80,7 @@ class RecordedSpan(trace.Span):
         self.parent = parent
         self.kind = kind
         self.attributes = dict(attributes or {})
-        self.events: list[Event] = []
+        self.events: list[tuple[str, Mapping[str, Any] | None, int]] = []
         self.status = Status(StatusCode.UNSET)
         self.start_time = time.time_ns()
         self.end_time: int | None = None
@@ -109,7 +100,7 @@ class RecordedSpan(trace.Span):
 
     def add_event(self, name: str, attributes: Mapping[str, Any] | None = None,
                   timestamp: int | None = None) -> None:
-        self.events.append(Event(name, attributes, timestamp or time.time_ns()))
+        self.events.append((name, attributes, timestamp or time.time_ns()))
 
     def update_name(self, name: str) -> None:
         self.name = name
@@ -130,17 +121,19 @@ class RecordedSpan(trace.Span):
 
 
 class SpanShipper:
-    """Ended spans, exported in batches from one background thread.
+    """Ended spans, encoded and exported in batches from one background thread.
 
-    Honours the standard OTEL_BSP_SCHEDULE_DELAY (ms), OTEL_BSP_MAX_EXPORT_BATCH_SIZE and
-    OTEL_BSP_MAX_QUEUE_SIZE, with the SDK's defaults.
+    Honours OTEL_BSP_SCHEDULE_DELAY (ms), OTEL_BSP_MAX_EXPORT_BATCH_SIZE and
+    OTEL_BSP_MAX_QUEUE_SIZE with the SDK's defaults; failures are logged at most once a
+    minute and their batch dropped (a collector that is down costs nothing else).
     """
 
-    def __init__(self, exporter: SpanExporter, resource: Resource, scope: InstrumentationScope,
-                 environ: Mapping[str, str] = os.environ) -> None:
-        self.exporter = exporter
-        self.resource = FrozenResource(resource)
-        self.scope = scope
+    def __init__(self, sender: OtlpHttpSender, resource: Resource, scope_name: str,
+                 scope_version: str, environ: Mapping[str, str] = os.environ) -> None:
+        self.sender = sender
+        self.resource = PbResource(attributes=[_key_value(k, v)
+                                               for k, v in resource.attributes.items()])
+        self.scope = InstrumentationScope(name=scope_name, version=scope_version)
         self.delay_secs = int(environ.get("OTEL_BSP_SCHEDULE_DELAY", 5000)) / 1000
         self.batch = int(environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
         self.queue: collections.deque[RecordedSpan] = collections.deque(
@@ -162,38 +155,112 @@ class SpanShipper:
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout_secs)
-        self.exporter.shutdown()
+        self.sender.close()
 
     def _run(self) -> None:
+        """Export full batches as soon as they fill, and whatever is queued every delay."""
+        due = time.monotonic() + self.delay_secs
         while not self._stopping:
-            self._wake.wait(self.delay_secs)
+            self._wake.wait(max(0.0, due - time.monotonic()))
             self._wake.clear()
-            self._export_all()
-        self._export_all()
+            everything = time.monotonic() >= due
+            self._export(everything)
+            if everything:
+                due = time.monotonic() + self.delay_secs
+        self._export(everything=True)
 
-    def _export_all(self) -> None:
-        while self.queue:
-            batch: list[ReadableSpan] = []
-            while self.queue and len(batch) < self.batch:
-                batch.append(self._readable(self.queue.popleft()))
-            self._export(batch)
+    def _export(self, everything: bool) -> None:
+        while len(self.queue) >= (1 if everything else self.batch):
+            spans = []
+            while self.queue and len(spans) < self.batch:
+                spans.append(_encode_span(self.queue.popleft()))
+            request = ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
+                resource=self.resource,
+                scope_spans=[trace_pb2.ScopeSpans(scope=self.scope, spans=spans)])])
+            self.sender.send(request.SerializeToString(), len(spans))
         if self.dropped:
-            log.warning("dropped %d spans: the collector does not keep up", self.dropped,
-                        extra={"event": "telemetry.spans_dropped"})
+            self.sender.complain(f"dropped {self.dropped} spans: the collector does not keep up")
             self.dropped = 0
 
-    def _export(self, batch: Sequence[ReadableSpan]) -> None:
-        try:
-            self.exporter.export(batch)
-        except Exception:  # the exporter logs its own failures; never let one end the thread
-            log.debug("span export failed", exc_info=True)
 
-    def _readable(self, span: RecordedSpan) -> ReadableSpan:
-        return ReadableSpan(name=span.name, context=span.context, parent=span.parent,
-                            resource=self.resource, attributes=span.attributes,
-                            events=span.events, kind=span.kind, status=span.status,
-                            start_time=span.start_time, end_time=span.end_time,
-                            instrumentation_scope=self.scope)
+class OtlpHttpSender:
+    """POSTs encoded batches to the collector's /v1/traces, as the SDK's exporter would."""
+
+    def __init__(self, endpoint: str | None, timeout_secs: float,
+                 environ: Mapping[str, str] = os.environ) -> None:
+        base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")
+        self.endpoint = endpoint or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or \
+            f"{base.rstrip('/')}/v1/traces"
+        self.timeout_secs = timeout_secs
+        self.gzip = (environ.get("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
+                     or environ.get("OTEL_EXPORTER_OTLP_COMPRESSION", "")).strip() == "gzip"
+        self.session = requests.Session()
+        self.session.headers.update(parse_env_headers(
+            environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+            or environ.get("OTEL_EXPORTER_OTLP_HEADERS", ""), liberal=True))
+        self.session.headers["Content-Type"] = "application/x-protobuf"
+        if self.gzip:
+            self.session.headers["Content-Encoding"] = "gzip"
+        self.session.verify = (environ.get("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
+                               or environ.get("OTEL_EXPORTER_OTLP_CERTIFICATE") or True)
+        self._complained_at = float("-inf")
+
+    def send(self, body: bytes, count: int) -> bool:
+        try:
+            response = self.session.post(self.endpoint, data=gzip.compress(body) if self.gzip
+                                         else body, timeout=self.timeout_secs)
+        except requests.RequestException as exc:
+            self.complain(f"could not export {count} spans to {self.endpoint}: {exc}")
+            return False
+        if not response.ok:
+            self.complain(f"the collector at {self.endpoint} refused {count} spans: "
+                          f"HTTP {response.status_code}")
+        return response.ok
+
+    def complain(self, message: str) -> None:
+        """At most once a minute: a collector that is down must not flood the log."""
+        if time.monotonic() - self._complained_at >= 60:
+            self._complained_at = time.monotonic()
+            log.warning(message, extra={"event": "telemetry.export_failed"})
+
+    def close(self) -> None:
+        self.session.close()
+
+
+_KINDS = {SpanKind.INTERNAL: trace_pb2.Span.SPAN_KIND_INTERNAL,
+          SpanKind.SERVER: trace_pb2.Span.SPAN_KIND_SERVER,
+          SpanKind.CLIENT: trace_pb2.Span.SPAN_KIND_CLIENT,
+          SpanKind.PRODUCER: trace_pb2.Span.SPAN_KIND_PRODUCER,
+          SpanKind.CONSUMER: trace_pb2.Span.SPAN_KIND_CONSUMER}
+_STATUS = {StatusCode.UNSET: trace_pb2.Status.STATUS_CODE_UNSET,
+           StatusCode.OK: trace_pb2.Status.STATUS_CODE_OK,
+           StatusCode.ERROR: trace_pb2.Status.STATUS_CODE_ERROR}
+
+
+def _encode_span(span: RecordedSpan) -> trace_pb2.Span:
+    context = span.context
+    return trace_pb2.Span(
+        trace_id=context.trace_id.to_bytes(16, "big"),
+        span_id=context.span_id.to_bytes(8, "big"),
+        parent_span_id=span.parent.span_id.to_bytes(8, "big") if span.parent else b"",
+        name=span.name, kind=_KINDS[span.kind], flags=int(context.trace_flags),
+        start_time_unix_nano=span.start_time, end_time_unix_nano=span.end_time,
+        attributes=[_key_value(k, v) for k, v in span.attributes.items()],
+        events=[trace_pb2.Span.Event(name=name, time_unix_nano=at, attributes=[
+            _key_value(k, v) for k, v in (attributes or {}).items()])
+            for name, attributes, at in span.events],
+        status=trace_pb2.Status(code=_STATUS[span.status.status_code],
+                                message=span.status.description or ""))
+
+
+def _key_value(key: str, value: Any) -> KeyValue:
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    if isinstance(value, float):
+        return KeyValue(key=key, value=AnyValue(double_value=value))
+    return KeyValue(key=key, value=AnyValue(string_value=str(value)))
 
 
 class SpanFactory:
