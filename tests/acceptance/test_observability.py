@@ -142,15 +142,23 @@ def test_the_metrics_carry_their_labels(observed, otlp):
          >= {"frontend", "/_api/*"}, message="collapsed paths")
     paths = {p["attributes"]["path"] for p in otlp.points_named("http_requests_total")}
     assert paths <= {"/_api/rpc/{name}", "frontend", "/_api/*"}, "unmatched paths collapse"
-    histogram = wait(lambda r: r.points_named("http_request_duration_seconds"), message="hist")
+    histogram = wait(lambda r: [p for p in r.points_named("http_request_duration_seconds")
+                                if p["attributes"]["path"] == "/_api/rpc/{name}"
+                                and p["attributes"]["status"] == 200], message="hist")
+    assert histogram[-1]["attributes"] == {"method": "POST", "path": "/_api/rpc/{name}",
+                                           "status": 200}
     assert histogram[-1]["bounds"][:3] == [0.001, 0.0025, 0.005]
+    assert histogram[-1]["count"] >= 1 and 0 < histogram[-1]["sum"] < 10
     fn = wait(lambda r: r.points_named("fn.executions_total"), message="fn counter")
     assert fn[-1]["attributes"] == {"function": "place_order", "kind": "mutation",
                                     "outcome": "ok"}
     jobs = wait(lambda r: [p for p in r.points_named("job_executions_total")
                            if p["attributes"]["job_type"] == "ship"], message="job counter")
     assert jobs[-1]["attributes"] == {"job_type": "ship", "status": "completed"}
-    wait(lambda r: r.points_named("job_duration_seconds"), message="job histogram")
+    job_histogram = wait(lambda r: [p for p in r.points_named("job_duration_seconds")
+                                    if p["attributes"]["job_type"] == "ship"],
+                         message="job histogram")
+    assert job_histogram[-1]["attributes"] == {"job_type": "ship", "status": "completed"}
     queues = wait(lambda r: r.points_named("job_queue_depth"), message="queue gauge")
     assert {p["attributes"]["status"] for p in queues} >= {"pending", "running", "dead"}
     nodes = wait(lambda r: [p for p in r.points_named("cluster.nodes")

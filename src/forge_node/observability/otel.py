@@ -24,13 +24,12 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 
 from .. import __version__
 from ..config import ObservabilityConfig
 from . import logs
-from .metrics import DURATION_BUCKETS, Metrics
+from .metrics import HistogramExporter, Metrics
 from .spans import OtlpHttpSender, RatioSampler, SpanFactory, SpanShipper, unrecorded_span
 
 __all__ = ["Telemetry", "unrecorded_span"]
@@ -53,13 +52,15 @@ class Telemetry:
             "service.name": service, "service.version": __version__,
             "service.instance.id": node_id, "forge.role": role, "process.pid": os.getpid()})
         shipper = _span_shipper(config, resource)
-        meter_provider = _meter_provider(config, resource)
+        meter_provider, histogram_exporter = _meter_provider(config, resource)
         logger_provider = _logger_provider(config, resource)
         meter = (meter_provider or metrics_api.NoOpMeterProvider()).get_meter(SCOPE, __version__)
+        metrics = Metrics(meter, meter_provider is not None)
+        if meter_provider is not None:
+            histogram_exporter.histograms = metrics.histograms
         sampler = RatioSampler(config.sampling_ratio) if shipper else None
         shutdowns = tuple(p.shutdown for p in (shipper, meter_provider, logger_provider) if p)
-        return cls(SpanFactory(sampler, shipper), Metrics(meter, meter_provider is not None),
-                   meter, shutdowns)
+        return cls(SpanFactory(sampler, shipper), metrics, meter, shutdowns)
 
     @property
     def tracing(self) -> bool:
@@ -96,20 +97,18 @@ def _span_shipper(config: ObservabilityConfig, resource: Resource) -> SpanShippe
     return SpanShipper(sender, resource, SCOPE, __version__)
 
 
-def _meter_provider(config: ObservabilityConfig, resource: Resource) -> MeterProvider | None:
+def _meter_provider(config: ObservabilityConfig, resource: Resource,
+                    ) -> tuple[MeterProvider | None, HistogramExporter | None]:
     if not config.exports("metrics"):
-        return None
+        return None, None
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-    exporter = OTLPMetricExporter(endpoint=_endpoint(config, "metrics"),
-                                  timeout=EXPORT_TIMEOUT_SECS)
+    exporter = HistogramExporter(OTLPMetricExporter(endpoint=_endpoint(config, "metrics"),
+                                                    timeout=EXPORT_TIMEOUT_SECS), SCOPE)
     reader = PeriodicExportingMetricReader(
         exporter, export_interval_millis=config.metrics_interval_secs * 1000,
         export_timeout_millis=EXPORT_TIMEOUT_SECS * 1000)
-    # the SDK's default buckets are for milliseconds; these durations are in seconds
-    views = [View(instrument_name="*_seconds",
-                  aggregation=ExplicitBucketHistogramAggregation(DURATION_BUCKETS))]
-    return MeterProvider(resource=resource, metric_readers=[reader], views=views)
+    return MeterProvider(resource=resource, metric_readers=[reader]), exporter
 
 
 def _logger_provider(config: ObservabilityConfig, resource: Resource):

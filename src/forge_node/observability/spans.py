@@ -6,10 +6,10 @@ general-purpose span (samplers, limits, locks, attribute validation on every cal
 generic OTLP encoding cost about 150 microseconds per span, two spans per request: more
 than the whole of a trivial query. forge-node records only its own few spans, whose
 attributes it controls, so a `RecordedSpan` keeps plain fields, its sampling decision is the
-SDK's ParentBased(TraceIdRatioBased) rule computed inline, and ended spans are encoded
-straight into the OTLP protobuf messages (opentelemetry-proto) and POSTed by one background
-thread, honouring the standard OTEL_EXPORTER_OTLP_* and OTEL_BSP_* variables. The queue is
-bounded: when the collector cannot keep up, spans are dropped, never a request slowed.
+SDK's ParentBased(TraceIdRatioBased) rule computed inline, and ended spans are written
+straight in OTLP's protobuf wire format (otlp_wire.py) and POSTed by one background thread,
+honouring the standard OTEL_EXPORTER_OTLP_* and OTEL_BSP_* variables. The queue is bounded:
+when the collector cannot keep up, spans are dropped, never a request slowed.
 Unsampled spans are NonRecordingSpans: ids for headers and log lines, nothing recorded.
 Metrics and logs use the SDK and its exporters (otel.py).
 """
@@ -27,14 +27,12 @@ from typing import Any
 
 import requests
 from opentelemetry import trace
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PbResource
-from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util.re import parse_env_headers
+
+from . import otlp_wire
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +129,8 @@ class SpanShipper:
     def __init__(self, sender: OtlpHttpSender, resource: Resource, scope_name: str,
                  scope_version: str, environ: Mapping[str, str] = os.environ) -> None:
         self.sender = sender
-        self.resource = PbResource(attributes=[_key_value(k, v)
-                                               for k, v in resource.attributes.items()])
-        self.scope = InstrumentationScope(name=scope_name, version=scope_version)
+        self.resource = otlp_wire.resource(resource.attributes)
+        self.scope = otlp_wire.scope(scope_name, scope_version)
         self.delay_secs = int(environ.get("OTEL_BSP_SCHEDULE_DELAY", 5000)) / 1000
         self.batch = int(environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
         self.queue: collections.deque[RecordedSpan] = collections.deque(
@@ -173,11 +170,9 @@ class SpanShipper:
         while len(self.queue) >= (1 if everything else self.batch):
             spans = []
             while self.queue and len(spans) < self.batch:
-                spans.append(_encode_span(self.queue.popleft()))
-            request = ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
-                resource=self.resource,
-                scope_spans=[trace_pb2.ScopeSpans(scope=self.scope, spans=spans)])])
-            self.sender.send(request.SerializeToString(), len(spans))
+                spans.append(otlp_wire.span(self.queue.popleft()))
+            self.sender.send(otlp_wire.export_request(self.resource, self.scope, spans),
+                             len(spans))
         if self.dropped:
             self.sender.complain(f"dropped {self.dropped} spans: the collector does not keep up")
             self.dropped = 0
@@ -225,42 +220,6 @@ class OtlpHttpSender:
 
     def close(self) -> None:
         self.session.close()
-
-
-_KINDS = {SpanKind.INTERNAL: trace_pb2.Span.SPAN_KIND_INTERNAL,
-          SpanKind.SERVER: trace_pb2.Span.SPAN_KIND_SERVER,
-          SpanKind.CLIENT: trace_pb2.Span.SPAN_KIND_CLIENT,
-          SpanKind.PRODUCER: trace_pb2.Span.SPAN_KIND_PRODUCER,
-          SpanKind.CONSUMER: trace_pb2.Span.SPAN_KIND_CONSUMER}
-_STATUS = {StatusCode.UNSET: trace_pb2.Status.STATUS_CODE_UNSET,
-           StatusCode.OK: trace_pb2.Status.STATUS_CODE_OK,
-           StatusCode.ERROR: trace_pb2.Status.STATUS_CODE_ERROR}
-
-
-def _encode_span(span: RecordedSpan) -> trace_pb2.Span:
-    context = span.context
-    return trace_pb2.Span(
-        trace_id=context.trace_id.to_bytes(16, "big"),
-        span_id=context.span_id.to_bytes(8, "big"),
-        parent_span_id=span.parent.span_id.to_bytes(8, "big") if span.parent else b"",
-        name=span.name, kind=_KINDS[span.kind], flags=int(context.trace_flags),
-        start_time_unix_nano=span.start_time, end_time_unix_nano=span.end_time,
-        attributes=[_key_value(k, v) for k, v in span.attributes.items()],
-        events=[trace_pb2.Span.Event(name=name, time_unix_nano=at, attributes=[
-            _key_value(k, v) for k, v in (attributes or {}).items()])
-            for name, attributes, at in span.events],
-        status=trace_pb2.Status(code=_STATUS[span.status.status_code],
-                                message=span.status.description or ""))
-
-
-def _key_value(key: str, value: Any) -> KeyValue:
-    if isinstance(value, bool):
-        return KeyValue(key=key, value=AnyValue(bool_value=value))
-    if isinstance(value, int):
-        return KeyValue(key=key, value=AnyValue(int_value=value))
-    if isinstance(value, float):
-        return KeyValue(key=key, value=AnyValue(double_value=value))
-    return KeyValue(key=key, value=AnyValue(string_value=str(value)))
 
 
 class SpanFactory:

@@ -1,0 +1,193 @@
+"""The gateway's own CPU per request, without HTTP: forge-node's falcon app against a bare one.
+
+    python bench/gateway_app.py [--requests 3000] [--rounds 5]
+
+bench/gateway.py measures whole servers under load, which on a shared machine swings by up to
+2x from one run to the next, and most of whose CPU is gunicorn's, the same for both servers.
+This one calls each WSGI app in-process, one request after another on one thread, and
+divides the CPU time of the calling process (every thread: span export included) by the
+requests: the steadiest view of what forge-node's middleware, auth, function runner and
+telemetry add. The cases, each in a fresh process of its own, alternating over the rounds:
+
+- bare: bench/gateway.py's bare falcon app (the same `SELECT 1` on a psycopg_pool);
+- forge-node: the gateway's app as a gunicorn worker builds it (`create_app`), observability
+  off;
+- forge-node observed: the same with traces (sampling 1.0), metrics and logs exported to a
+  receiver in another process (bench/gateway.py's OTLP sink).
+
+Each figure is the median over the rounds, in microseconds of CPU per request, for
+`GET /_api/health` and `POST /_api/rpc/trivial`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+from _support import free_port, fresh_database, postgres
+from gateway import BARE_APP, FORGE_APP, JWT_SECRET, OBSERVABILITY_ON, OTLP_SINK, RPC_BODY
+
+CASES = ("bare", "forge-node", "forge-node observed")
+ROUTES = (("health", "GET", "/_api/health"), ("trivial query", "POST", "/_api/rpc/trivial"))
+WARMUP_REQUESTS = 300
+
+FORGE_TOML = """\
+[project]
+name = "bench"
+app = "app"
+
+[database]
+url = "${{DATABASE_URL}}"
+
+[auth]
+jwt_secret = "{secret}"
+
+[observability]
+log_level = "warning"
+{observability}
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000, help="per case and route")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--measure", choices=CASES, help=argparse.SUPPRESS)
+    parser.add_argument("--sink", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure_here(args.measure, args.requests, args.sink)))
+        return
+    with postgres() as admin_url, tempfile.TemporaryDirectory() as tmp, \
+            otlp_sink(Path(tmp)) as sink:
+        env = {**os.environ, "DATABASE_URL": fresh_database(admin_url, "bench_gateway_app"),
+               "BARE_THREADS": "8"}
+        rounds = []
+        for number in range(1, args.rounds + 1):
+            results = {case: run_case(case, args.requests, sink, env) for case in CASES}
+            rounds.append(results)
+            print(f"round {number}: " + "; ".join(
+                f"{case} " + " / ".join(f"{us:.0f}" for us in figures.values())
+                for case, figures in results.items()) + " us (health / trivial query)",
+                flush=True)
+    report(rounds, args)
+
+
+def run_case(case: str, requests: int, sink: str, env: dict) -> dict[str, float]:
+    command = [sys.executable, __file__, "--measure", case, "--requests", str(requests),
+               "--sink", sink]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"{case} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def measure_here(case: str, requests: int, sink: str) -> dict[str, float]:
+    """In a fresh process: build the case's app, warm it up, time each route."""
+    with tempfile.TemporaryDirectory() as tmp:
+        app, close = build_app(case, Path(tmp), sink)
+        try:
+            figures = {}
+            for label, method, path in ROUTES:
+                call(app, method, path, WARMUP_REQUESTS)
+                started = time.process_time()
+                call(app, method, path, requests)
+                figures[label] = (time.process_time() - started) / requests * 1e6
+            return figures
+        finally:
+            close()
+
+
+def build_app(case: str, tmp: Path, sink: str):
+    """The WSGI app and what closes it."""
+    if case == "bare":
+        (tmp / "bare.py").write_text(textwrap.dedent(BARE_APP))
+        sys.path.insert(0, str(tmp))
+        import bare
+        return bare.app, lambda: bare.pool().close()
+
+    from forge_node import config as config_module
+    from forge_node.app import load_app
+    from forge_node.http.app import DrainFlag, GatewayDeps, create_app
+    from forge_node.observability.otel import Telemetry
+
+    observability = OBSERVABILITY_ON.format(endpoint=sink) if case.endswith("observed") else ""
+    (tmp / "forge.toml").write_text(FORGE_TOML.format(secret=JWT_SECRET,
+                                                      observability=observability))
+    (tmp / "app.py").write_text(textwrap.dedent(FORGE_APP))
+    config = config_module.load(tmp / "forge.toml")
+    registry = load_app(tmp, "app")
+    telemetry = Telemetry.start(config.observability, config.project.name, "gateway",
+                                str(uuid.uuid4()))
+    deps = GatewayDeps.build(config, os.environ["DATABASE_URL"], registry, telemetry,
+                             DrainFlag(), "bench gateway_app")
+
+    def close() -> None:
+        if deps.runner is not None:
+            deps.runner.close()
+        telemetry.shutdown()
+
+    return create_app(deps), close
+
+
+def call(app, method: str, path: str, requests: int) -> None:
+    body = RPC_BODY.encode() if method == "POST" else b""
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: list, exc_info: object = None) -> None:
+        statuses.append(status)
+
+    for _ in range(requests):
+        environ = {
+            "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8080", "SERVER_PROTOCOL": "HTTP/1.1",
+            "HTTP_HOST": "127.0.0.1:8080", "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
+            "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body)),
+            "CONTENT_TYPE": "application/json"}
+        b"".join(app(environ, start_response))
+        if not statuses[-1].startswith("200"):
+            raise RuntimeError(f"{method} {path} answered {statuses[-1]}")
+
+
+@contextlib.contextmanager
+def otlp_sink(tmp: Path):
+    port = free_port()
+    with (tmp / "sink.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-c", OTLP_SINK, str(port)], stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def report(rounds: list[dict[str, dict[str, float]]], args: argparse.Namespace) -> None:
+    def median(case: str, label: str) -> float:
+        return statistics.median(r[case][label] for r in rounds)
+
+    print(f"\n{args.requests} requests per case and route, in-process, one thread; median of "
+          f"{args.rounds} rounds")
+    print(f"{'case':22s}" + "".join(f"{label + ' us/req':>24s}" for label, _, _ in ROUTES))
+    for case in CASES:
+        print(f"{case:22s}" + "".join(f"{median(case, label):24.1f}" for label, _, _ in ROUTES))
+    for label, _, _ in ROUTES:
+        bare, forge, observed = (median(case, label) for case in CASES)
+        print(f"{label}: forge-node adds {forge - bare:.0f} us to the bare app's {bare:.0f} "
+              f"({forge / bare:.2f}x); observability adds {observed - forge:.0f} us "
+              f"({observed / forge:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

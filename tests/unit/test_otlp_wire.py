@@ -1,0 +1,78 @@
+"""The hand-written OTLP encoding parses, with opentelemetry-proto, to the spans it describes."""
+
+from __future__ import annotations
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1 import trace_pb2
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from forge_node.observability import otlp_wire
+from forge_node.observability.spans import RecordedSpan
+
+TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+
+
+class Discard:
+    def add(self, span: RecordedSpan) -> None:
+        pass
+
+
+def recorded(name, span_id, parent=None, kind=SpanKind.INTERNAL, attributes=None):
+    context = SpanContext(TRACE_ID, span_id, is_remote=False, trace_flags=TraceFlags(1))
+    return RecordedSpan(name, context, parent, kind, attributes, Discard())
+
+
+def attributes(key_values):
+    return {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in key_values}
+
+
+def parse(spans, resource=None):
+    body = otlp_wire.export_request(otlp_wire.resource(resource or {}),
+                                    otlp_wire.scope("forge_node", "1.2.3"),
+                                    [otlp_wire.span(s) for s in spans])
+    return ExportTraceServiceRequest.FromString(body)
+
+
+def test_a_server_span_with_every_kind_of_attribute():
+    span = recorded("http.request", 0x00F067AA0BA902B7, kind=SpanKind.SERVER, attributes={
+        "http.request.method": "POST", "http.response.status_code": 200, "big": 2**62,
+        "negative": -5, "ratio": 0.25, "sampled": True, "off": False, "path": "/é/{name}"})
+    span.end(span.start_time + 1_500_000)
+    request = parse([span], resource={"service.name": "shop", "process.pid": 4242})
+    [resource_spans] = request.resource_spans
+    assert attributes(resource_spans.resource.attributes) == {"service.name": "shop",
+                                                              "process.pid": 4242}
+    [scope_spans] = resource_spans.scope_spans
+    assert (scope_spans.scope.name, scope_spans.scope.version) == ("forge_node", "1.2.3")
+    [out] = scope_spans.spans
+    assert out.trace_id == TRACE_ID.to_bytes(16, "big")
+    assert out.span_id.hex() == "00f067aa0ba902b7"
+    assert out.parent_span_id == b""
+    assert (out.name, out.kind, out.flags) == ("http.request", trace_pb2.Span.SPAN_KIND_SERVER, 1)
+    assert (out.start_time_unix_nano, out.end_time_unix_nano) == \
+        (span.start_time, span.start_time + 1_500_000)
+    assert attributes(out.attributes) == {
+        "http.request.method": "POST", "http.response.status_code": 200, "big": 2**62,
+        "negative": -5, "ratio": 0.25, "sampled": True, "off": False, "path": "/é/{name}"}
+    assert out.status.code == trace_pb2.Status.STATUS_CODE_UNSET
+
+
+def test_a_child_span_with_an_error_status_and_an_event():
+    parent = recorded("http.request", 1).get_span_context()
+    span = recorded("job.execute", 2, parent=parent)
+    span.set_status(Status(StatusCode.ERROR, "boom"))
+    span.record_exception(ValueError("bad input"))
+    span.end()
+    second = recorded("fn.execute", 3, parent=parent)
+    second.end()
+    [first, other] = parse([span, second]).resource_spans[0].scope_spans[0].spans
+    assert first.parent_span_id == (1).to_bytes(8, "big")
+    assert (first.status.code, first.status.message) == (trace_pb2.Status.STATUS_CODE_ERROR,
+                                                         "boom")
+    [event] = first.events
+    assert event.name == "exception"
+    assert attributes(event.attributes) == {"exception.type": "ValueError",
+                                            "exception.message": "bad input"}
+    assert event.time_unix_nano > 0
+    assert other.name == "fn.execute"
+    assert other.kind == trace_pb2.Span.SPAN_KIND_INTERNAL
