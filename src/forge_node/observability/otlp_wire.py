@@ -52,10 +52,10 @@ def scope(name: str, version: str) -> bytes:
 
 def span(span: EncodableSpan) -> bytes:
     context = span.context
-    out = [_field(1, context.trace_id.to_bytes(16, "big")),
-           _field(2, context.span_id.to_bytes(8, "big"))]
+    out = [_TRACE_ID, context.trace_id.to_bytes(16, "big"),
+           _SPAN_ID, context.span_id.to_bytes(8, "big")]
     if span.parent is not None:
-        out.append(_field(4, span.parent.span_id.to_bytes(8, "big")))
+        out += [_PARENT_SPAN_ID, span.parent.span_id.to_bytes(8, "big")]
     out += [_field(5, span.name.encode()), _KIND_FIELDS[span.kind],
             _START_TIME, _FIXED64_VALUE.pack(span.start_time),
             _END_TIME, _FIXED64_VALUE.pack(span.end_time or span.start_time),
@@ -73,8 +73,18 @@ def span(span: EncodableSpan) -> bytes:
 def attributes_of(attributes: Mapping[str, Any], field: int = 1) -> bytes:
     """Repeated KeyValue at `field`: bools, ints and floats keep their type, the rest are
     strings."""
-    return b"".join(_field(field, _field(1, str(key).encode()) + _field(2, _any_value(value)))
-                    for key, value in attributes.items())
+    tag = _LENGTH_DELIMITED[field]
+    out = []
+    for key, value in attributes.items():
+        encoded_key = _KEYS.get(key)
+        if encoded_key is None:
+            encoded_key = _field(1, str(key).encode())
+            if len(_KEYS) < _MAX_KEYS:
+                _KEYS[key] = encoded_key
+        key_value = encoded_key + _field(2, _any_value(value))
+        size = len(key_value)
+        out.append(tag + (bytes((size,)) if size < 0x80 else _varint(size)) + key_value)
+    return b"".join(out)
 
 
 def _any_value(value: Any) -> bytes:
@@ -108,10 +118,16 @@ def _tag(number: int, wire_type: int) -> bytes:
     return _varint(number << 3 | wire_type)
 
 
-# Tags and fixed fields, computed once: most of a span is these.
+# Tags, fixed fields and attribute keys (forge-node's own few names), encoded once: most of
+# a span is these.
+_KEYS: dict[str, bytes] = {}
+_MAX_KEYS = 1024
 _LENGTH_DELIMITED = [_tag(number, _BYTES) for number in range(16)]
 _FIXED64_VALUE, _FIXED32_VALUE, _FIXED64_DOUBLE = (struct.Struct("<Q"), struct.Struct("<I"),
                                                    struct.Struct("<d"))
+_TRACE_ID, _SPAN_ID, _PARENT_SPAN_ID = (_LENGTH_DELIMITED[1] + b"\x10",
+                                        _LENGTH_DELIMITED[2] + b"\x08",
+                                        _LENGTH_DELIMITED[4] + b"\x08")
 _START_TIME, _END_TIME, _EVENT_TIME = _tag(7, _FIXED64), _tag(8, _FIXED64), _tag(1, _FIXED64)
 _FLAGS = _tag(16, _FIXED32)
 _KIND_FIELDS = {kind: _tag(6, _VARINT) + _varint(number) for kind, number in _KINDS.items()}

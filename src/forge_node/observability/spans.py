@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 _ids = RandomIdGenerator()
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_UNSET = Status(StatusCode.UNSET)  # immutable: every span starts with this one
 _TRACE_ID_LIMIT = (1 << 64) - 1
 
 
@@ -79,7 +80,7 @@ class RecordedSpan(trace.Span):
         self.kind = kind
         self.attributes = dict(attributes or {})
         self.events: list[tuple[str, Mapping[str, Any] | None, int]] = []
-        self.status = Status(StatusCode.UNSET)
+        self.status = _UNSET
         self.start_time = time.time_ns()
         self.end_time: int | None = None
         self._shipper = shipper
