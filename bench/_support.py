@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import statistics
+import subprocess
 import tempfile
 import time
 import urllib.request
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+
+from forge_node.embedded import EmbeddedPostgres
 
 
 @contextlib.contextmanager
@@ -23,15 +26,12 @@ def postgres() -> Iterator[str]:
     if url:
         yield url
         return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pgserver
     with tempfile.TemporaryDirectory(prefix="forge-bench-") as tmp:
-        server = pgserver.get_server(Path(tmp) / "pg", cleanup_mode="delete")
+        server = EmbeddedPostgres(Path(tmp) / "pg")
         try:
-            yield server.get_uri()
+            yield server.start()
         finally:
-            server.cleanup()
+            server.stop()
 
 
 def fresh_database(admin_url: str, name: str) -> str:
@@ -59,6 +59,17 @@ def wait_for_http(url: str, timeout: float = 30) -> float:
         except OSError:
             time.sleep(0.005)
     raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def stop(proc: subprocess.Popen, timeout_secs: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout_secs`."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_secs)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def summary(samples: list[float]) -> str:

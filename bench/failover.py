@@ -120,7 +120,7 @@ def forge_node_once(url: str, tmp: Path) -> tuple[float, float]:
         nodes += schedulers
         for node in schedulers:
             node.wait_for("node.ready")
-        leader = next(n for n in schedulers if _wait_any(schedulers) is n)
+        leader = _wait_any(schedulers)
         leader.wait_for("cron.tick")
         standby = next(n for n in schedulers if n is not leader)
         killed_at = time.time()

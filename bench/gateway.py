@@ -36,13 +36,11 @@ import json
 import math
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import urllib.request
 from collections import Counter
@@ -52,7 +50,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _support import free_port, fresh_database, postgres
+from _support import free_port, fresh_database, postgres, stop
 
 BENCH = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -219,8 +217,7 @@ def write_apps(tmp: Path, name: str, port: int, workers: int, threads: int,
     (app / "forge.toml").write_text(FORGE_TOML.format(port=port, workers=workers,
                                                       threads=threads, secret=JWT_SECRET,
                                                       observability=observability))
-    (app / "app.py").write_text(textwrap.dedent(FORGE_APP))
-    (tmp / "bare.py").write_text(textwrap.dedent(BARE_APP))
+    (app / "app.py").write_text(FORGE_APP)
     return app
 
 
@@ -239,17 +236,7 @@ def serving(server: Server, command: list[str], env: dict, log: Path,
             wait_until_ready(proc, server.base_url + ready_path, log)
         yield
     finally:
-        stop(proc)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(STOP_TIMEOUT_SECS)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        stop(proc, STOP_TIMEOUT_SECS)
 
 
 def wait_until_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 60) -> None:
@@ -375,7 +362,7 @@ def run_load(command: list[str], seconds: float) -> str:
     try:
         out, err = proc.communicate(timeout=seconds + 60)
     finally:
-        stop(proc)
+        stop(proc, STOP_TIMEOUT_SECS)
     if proc.returncode != 0:
         raise RuntimeError(f"{Path(command[0]).name} failed ({proc.returncode}): {err.strip()}")
     return out
@@ -497,6 +484,7 @@ def start_forge_and_bare(stack: contextlib.ExitStack, args: argparse.Namespace, 
     forge = Server("forge-node", f"http://127.0.0.1:{free_port()}", "bench_gateway")
     bare = Server("bare", f"http://127.0.0.1:{free_port()}", "bench_gateway_bare")
     app = write_apps(tmp, "forge_app", port_of(forge), args.workers, args.threads)
+    (tmp / "bare.py").write_text(BARE_APP)
     stack.enter_context(serving(
         forge, forge_node_command(app),
         {**env, "DATABASE_URL": fresh_database(admin_url, forge.database)},

@@ -22,7 +22,6 @@ Each figure is the median over the rounds, in microseconds of CPU per request, f
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
@@ -30,13 +29,22 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import uuid
 from pathlib import Path
 
 from _support import free_port, fresh_database, postgres
-from gateway import BARE_APP, FORGE_APP, JWT_SECRET, OBSERVABILITY_ON, OTLP_SINK, RPC_BODY
+from gateway import (
+    BARE_APP,
+    FORGE_APP,
+    JWT_SECRET,
+    OBSERVABILITY_ON,
+    OTLP_SINK,
+    RPC_BODY,
+    Server,
+    port_of,
+    serving,
+)
 
 CASES = ("bare", "forge-node", "forge-node observed")
 ROUTES = (("health", "GET", "/_api/health"), ("trivial query", "POST", "/_api/rpc/trivial"))
@@ -69,13 +77,16 @@ def main() -> None:
     if args.measure:
         print(json.dumps(measure_here(args.measure, args.requests, args.sink)))
         return
+    sink = Server("otlp sink", f"http://127.0.0.1:{free_port()}", "")
     with postgres() as admin_url, tempfile.TemporaryDirectory() as tmp, \
-            otlp_sink(Path(tmp)) as sink:
+            serving(sink, [sys.executable, "-c", OTLP_SINK, str(port_of(sink))],
+                    dict(os.environ), Path(tmp) / "sink.log", None):
         env = {**os.environ, "DATABASE_URL": fresh_database(admin_url, "bench_gateway_app"),
                "BARE_THREADS": "8"}
         rounds = []
         for number in range(1, args.rounds + 1):
-            results = {case: run_case(case, args.requests, sink, env) for case in CASES}
+            results = {case: run_case(case, args.requests, sink.base_url, env)
+                       for case in CASES}
             rounds.append(results)
             print(f"round {number}: " + "; ".join(
                 f"{case} " + " / ".join(f"{us:.0f}" for us in figures.values())
@@ -112,7 +123,7 @@ def measure_here(case: str, requests: int, sink: str) -> dict[str, float]:
 def build_app(case: str, tmp: Path, sink: str):
     """The WSGI app and what closes it."""
     if case == "bare":
-        (tmp / "bare.py").write_text(textwrap.dedent(BARE_APP))
+        (tmp / "bare.py").write_text(BARE_APP)
         sys.path.insert(0, str(tmp))
         import bare
         return bare.app, lambda: bare.pool().close()
@@ -125,7 +136,7 @@ def build_app(case: str, tmp: Path, sink: str):
     observability = OBSERVABILITY_ON.format(endpoint=sink) if case.endswith("observed") else ""
     (tmp / "forge.toml").write_text(FORGE_TOML.format(secret=JWT_SECRET,
                                                       observability=observability))
-    (tmp / "app.py").write_text(textwrap.dedent(FORGE_APP))
+    (tmp / "app.py").write_text(FORGE_APP)
     config = config_module.load(tmp / "forge.toml")
     registry = load_app(tmp, "app")
     telemetry = Telemetry.start(config.observability, config.project.name, "gateway",
@@ -158,19 +169,6 @@ def call(app, method: str, path: str, requests: int) -> None:
         b"".join(app(environ, start_response))
         if not statuses[-1].startswith("200"):
             raise RuntimeError(f"{method} {path} answered {statuses[-1]}")
-
-
-@contextlib.contextmanager
-def otlp_sink(tmp: Path):
-    port = free_port()
-    with (tmp / "sink.log").open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-c", OTLP_SINK, str(port)], stdout=log,
-                                stderr=subprocess.STDOUT)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def report(rounds: list[dict[str, dict[str, float]]], args: argparse.Namespace) -> None:

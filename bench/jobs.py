@@ -158,14 +158,10 @@ class ForgeNodeSystem(JobSystem):
                     raise RuntimeError("the forge-node worker did not come up")
                 time.sleep(0.05)
             yield alive
-
-
-def forge_node_system() -> JobSystem:
-    return ForgeNodeSystem()
 # ------------------------------------------------------------------------------------------
 
 
-SYSTEMS = {"forge-node": forge_node_system, **PEERS}
+SYSTEMS = {"forge-node": ForgeNodeSystem, **PEERS}
 
 
 @dataclasses.dataclass
@@ -199,8 +195,6 @@ def run_system(name: str, admin_url: str, collector: Collector,
                                                             args.jobs)
             row.p50, row.p99 = measure_pickup(client, collector, alive, args.pickup_rate,
                                               args.pickup_secs)
-    except NotImplementedError:
-        row.note = "not available"
     except ImportError as exc:
         row.note = f"not installed ({exc.name}): pip install -e '.[bench]'"
     except Exception as exc:
@@ -222,8 +216,7 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def print_table(rows: list[Row]) -> None:
-    base = next((r.throughput for r in rows if r.name == "pgqueuer" and r.throughput), None)
+def print_table(rows: list[Row], base: float | None) -> None:
     print(f"{'system':<14} {'e2e jobs/s':>10} {'x pgqueuer':>10} {'PG CPU ms/job':>13} "
           f"{'pickup p50 ms':>13} {'p99 ms':>7} {'enqueue jobs/s':>14}")
     for r in rows:
@@ -289,10 +282,10 @@ def main() -> None:
     print(f"{args.jobs:,} no-op jobs, one worker node; pickup at {args.pickup_rate:g} jobs/s "
           f"for {args.pickup_secs:g} s; enqueue in batches of {args.enqueue_batch}; "
           f"warm-up {args.warm_up} jobs; median of {args.rounds} round(s)")
-    print_table(rows)
+    base = next((r.throughput for r in rows if r.name == "pgqueuer" and r.throughput), None)
+    print_table(rows, base)
     forge = next((r for r in rows if r.name == "forge-node" and r.throughput), None)
     if forge:
-        base = next((r.throughput for r in rows if r.name == "pgqueuer"), None)
         print_targets(forge, base)
 
 

@@ -29,7 +29,6 @@ import abc
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -43,6 +42,7 @@ from typing import Any
 
 import psutil
 import psycopg
+from _support import stop
 
 PROBE_ENV = "BENCH_JOBS_PROBE"
 NOOP = "noop"
@@ -250,21 +250,11 @@ def spawn_worker(argv: list[str], env: dict[str, str]) -> Iterator[Callable[[], 
             yield lambda: proc.poll() is None
             failed = False
         finally:
-            _stop(proc)
+            stop(proc, 10)
             if failed:
                 log.seek(0)
                 tail = log.read().decode(errors="replace")[-3000:]
                 sys.stderr.write(f"--- {' '.join(argv[:4])} output:\n{tail}\n")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 @contextlib.contextmanager
@@ -277,10 +267,13 @@ def ready_worker(argv: list[str], env: dict[str, str],
         yield alive
 
 
-def _peer_worker(kind: str, url: str, collector: Collector) -> contextlib.AbstractContextManager[
-        Callable[[], bool]]:
-    argv = [sys.executable, str(Path(__file__).resolve()), "worker", kind, url]
-    return ready_worker(argv, {"PYTHONUNBUFFERED": "1"}, collector)
+class _PeerSystem(JobSystem):
+    """A peer whose worker node is this file run as `worker <name> <url>`."""
+
+    def worker(self, url: str, collector: Collector) -> contextlib.AbstractContextManager[
+            Callable[[], bool]]:
+        argv = [sys.executable, str(Path(__file__).resolve()), "worker", self.name, url]
+        return ready_worker(argv, {"PYTHONUNBUFFERED": "1"}, collector)
 
 
 # ---------------------------------------------------------------- raw SQL ceiling
@@ -338,7 +331,7 @@ class RawClient(JobClient):
             "SELECT count(*) FROM raw_jobs WHERE status <> 'done'").fetchone()[0]
 
 
-class RawSystem(JobSystem):
+class RawSystem(_PeerSystem):
     def __init__(self, batch: int) -> None:
         self.batch = batch
         self.name = f"raw{batch}"
@@ -351,10 +344,6 @@ class RawSystem(JobSystem):
     def client(self, url: str) -> Iterator[JobClient]:
         with psycopg.connect(url, autocommit=True) as conn:
             yield RawClient(conn)
-
-    def worker(self, url: str, collector: Collector) -> contextlib.AbstractContextManager[
-            Callable[[], bool]]:
-        return _peer_worker(self.name, url, collector)
 
 
 def raw_worker(url: str, batch: int) -> None:
@@ -436,31 +425,20 @@ class PgQueuerClient(_AsyncClient):
         super().close()
 
 
-class PgQueuerSystem(JobSystem):
+class PgQueuerSystem(_PeerSystem):
     name = "pgqueuer"
 
     def install(self, url: str) -> None:
         async def install() -> None:
-            import asyncpg
-            from pgqueuer import AsyncpgDriver, Queries
-            conn = await asyncpg.connect(url)
+            conn, queries = await PgQueuerClient._open(url)
             try:
-                await Queries(AsyncpgDriver(conn)).install()
+                await queries.install()
             finally:
                 await conn.close()
         asyncio.run(install())
 
-    @contextlib.contextmanager
-    def client(self, url: str) -> Iterator[JobClient]:
-        client = PgQueuerClient(url)
-        try:
-            yield client
-        finally:
-            client.close()
-
-    def worker(self, url: str, collector: Collector) -> contextlib.AbstractContextManager[
-            Callable[[], bool]]:
-        return _peer_worker(self.name, url, collector)
+    def client(self, url: str) -> contextlib.AbstractContextManager[JobClient]:
+        return contextlib.closing(PgQueuerClient(url))
 
 
 async def pgqueuer_worker(url: str) -> None:
@@ -533,7 +511,7 @@ class ProcrastinateClient(_AsyncClient):
         super().close()
 
 
-class ProcrastinateSystem(JobSystem):
+class ProcrastinateSystem(_PeerSystem):
     name = "procrastinate"
 
     def install(self, url: str) -> None:
@@ -541,17 +519,8 @@ class ProcrastinateSystem(JobSystem):
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(SchemaManager.get_schema())
 
-    @contextlib.contextmanager
-    def client(self, url: str) -> Iterator[JobClient]:
-        client = ProcrastinateClient(url)
-        try:
-            yield client
-        finally:
-            client.close()
-
-    def worker(self, url: str, collector: Collector) -> contextlib.AbstractContextManager[
-            Callable[[], bool]]:
-        return _peer_worker(self.name, url, collector)
+    def client(self, url: str) -> contextlib.AbstractContextManager[JobClient]:
+        return contextlib.closing(ProcrastinateClient(url))
 
 
 async def procrastinate_worker(url: str) -> None:

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _support import free_port, fresh_database, postgres, summary, wait_for_http
+from _support import free_port, fresh_database, postgres, stop, summary, wait_for_http
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -44,8 +43,7 @@ def forge_node_once(app: Path, url: str) -> tuple[float, float]:
         first_200 = wait_for_http(f"http://127.0.0.1:{port}/_api/health") - started
         ready = _wait_for_ready_line(log, started)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        stop(proc, 30)
     return ready, first_200
 
 
@@ -69,8 +67,7 @@ def bare_gunicorn_once(folder: Path, workers: int) -> float:
     try:
         return wait_for_http(f"http://127.0.0.1:{port}/_api/health") - started
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        stop(proc, 30)
 
 
 def main() -> None:

@@ -8,9 +8,9 @@ of a restart loop. The decorators register into the registry being loaded.
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib
 import inspect
-import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from .backoff import Backoff
-from .config import Config
+from .config import CAPABILITY_NAME, Config
 from .crons import InvalidSchedule, Schedule
 from .errors import AppLoadError
 
 Handler = Callable[..., Any]
-_CAPABILITY = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class JobSpec:
     priority: int = 0
     backoff: Backoff = field(default_factory=lambda: DEFAULT_JOB_BACKOFF)
 
-    @property
+    @functools.cached_property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.handler)
 
@@ -90,15 +89,14 @@ class AppRegistry:
             raise AppLoadError(f"two jobs are named {spec.name}")
         self.jobs[spec.name] = spec
 
-    def problems_with(self, config: Config) -> list[str]:
-        """What keeps this app from running under `config`, one message per problem."""
+    def check(self, config: Config) -> None:
+        """AppLoadError when this app cannot run under `config`."""
         guarded = sorted(name for name, spec in self.functions.items() if not spec.public)
         serves_functions = {"gateway", "function"} <= set(config.node.roles)
         if guarded and serves_functions and not config.auth.configured:
-            return [f"the app's functions {', '.join(guarded)} need a token, but "
-                    f"{config.path.name} has no [auth] (jwt_secret or jwks_url); configure "
-                    f"[auth], or mark them public=True"]
-        return []
+            raise AppLoadError(f"the app's functions {', '.join(guarded)} need a token, but "
+                               f"{config.path.name} has no [auth] (jwt_secret or jwks_url); "
+                               f"configure [auth], or mark them public=True")
 
 
 _current = AppRegistry()
@@ -174,7 +172,7 @@ def job(handler: Handler | None = None, *, worker_capability: str | None = None,
             raise AppLoadError(f"job {job_name}: max_attempts must be at least 1")
         if timeout_secs is not None and timeout_secs <= 0:
             raise AppLoadError(f"job {job_name}: timeout_secs must be greater than 0")
-        if worker_capability is not None and not _CAPABILITY.match(worker_capability):
+        if worker_capability is not None and not CAPABILITY_NAME.match(worker_capability):
             raise AppLoadError(f"job {job_name}: worker_capability {worker_capability!r} must "
                                f"be lowercase letters, digits, '_', '-' or '.'")
         _current.add_job(JobSpec(job_name, fn, worker_capability, max_attempts, timeout_secs,

@@ -50,7 +50,8 @@ class TokenVerifier:
             options["iss"] = {"essential": True, "value": config.jwt_issuer}
         if config.jwt_audience:
             options["aud"] = {"essential": True, "value": config.jwt_audience}
-        self.claims_options = options
+        # stateless between tokens: it reads the clock on each validate
+        self.claims = jwt.JWTClaimsRegistry(leeway=LEEWAY_SECS, **options)
 
     def verify(self, token: str) -> dict[str, Any]:
         """The token's claims; InvalidToken or KeysUnavailable otherwise."""
@@ -61,8 +62,7 @@ class TokenVerifier:
         key = self.secret_key if self.algorithm == "HS256" else self.jwks.key_set(header.get("kid"))
         try:
             decoded = jwt.decode(token, key, algorithms=[self.algorithm])
-            jwt.JWTClaimsRegistry(leeway=LEEWAY_SECS, **self.claims_options) \
-                .validate(decoded.claims)
+            self.claims.validate(decoded.claims)
         except JoseError as exc:
             raise InvalidToken(exc.description or exc.error) from None
         except ValueError as exc:

@@ -28,7 +28,7 @@ JWT_ALGORITHMS = ("HS256", "RS256")
 REQUIRED = dataclasses.MISSING
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+CAPABILITY_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ORIGIN = re.compile(r"^https?://[^/\s]+$")
 
@@ -236,7 +236,7 @@ class NodeConfig:
         if len(set(self.roles)) != len(self.roles):
             found.append("node.roles lists a role more than once")
         for capability in self.worker_capabilities:
-            if not _NAME.match(capability):
+            if not CAPABILITY_NAME.match(capability):
                 found.append(f'node.worker_capabilities: "{capability}" must be lowercase '
                              f"letters, digits, '_', '-' or '.'")
         if "worker" in self.roles and not self.worker_capabilities:

@@ -13,8 +13,20 @@ import psycopg
 from . import jobs
 
 
+class _Enqueues:
+    db: psycopg.Connection
+
+    def enqueue(self, name: str, args: dict[str, Any] | None = None, *,
+                run_at: datetime.datetime | None = None, delay_secs: float | None = None,
+                priority: int | None = None, idempotency_key: str | None = None) -> int:
+        """Add a job in ctx.db's transaction (the mutation's, or the job's own): it exists
+        only if that transaction commits."""
+        return jobs.enqueue(self.db, name, args, run_at=run_at, delay_secs=delay_secs,
+                            priority=priority, idempotency_key=idempotency_key)
+
+
 @dataclass
-class FunctionContext:
+class FunctionContext(_Enqueues):
     """`ctx` of a query or mutation.
 
     db: the request's connection: a read-only transaction for a query (on a replica when
@@ -28,15 +40,8 @@ class FunctionContext:
     auth: dict[str, Any] | None
     request_id: str
 
-    def enqueue(self, name: str, args: dict[str, Any] | None = None, *,
-                run_at: datetime.datetime | None = None, delay_secs: float | None = None,
-                priority: int | None = None, idempotency_key: str | None = None) -> int:
-        """Add a job in this mutation's transaction: it exists only if the mutation commits."""
-        return jobs.enqueue(self.db, name, args, run_at=run_at, delay_secs=delay_secs,
-                            priority=priority, idempotency_key=idempotency_key)
 
-
-class JobContext:
+class JobContext(_Enqueues):
     """`ctx` of a job.
 
     db: a connection for the handler's own work, taken from the worker's pool on first use;
@@ -74,13 +79,6 @@ class JobContext:
     def cancel_requested(self) -> bool:
         """True once `forge-node jobs cancel` asked this job to stop: return soon."""
         return self._cancel_requested()
-
-    def enqueue(self, name: str, args: dict[str, Any] | None = None, *,
-                run_at: datetime.datetime | None = None, delay_secs: float | None = None,
-                priority: int | None = None, idempotency_key: str | None = None) -> int:
-        """Add a job in this job's transaction on ctx.db."""
-        return jobs.enqueue(self.db, name, args, run_at=run_at, delay_secs=delay_secs,
-                            priority=priority, idempotency_key=idempotency_key)
 
     def finish(self, exc: BaseException | None) -> None:
         """Commit the handler's work when it returned, roll it back when it raised."""

@@ -9,6 +9,7 @@ multiples of the interval since the Unix epoch, so every node computes the same 
 
 from __future__ import annotations
 
+import collections
 import datetime
 import math
 from collections.abc import Iterator
@@ -82,18 +83,12 @@ class Schedule:
     def ticks_between(self, after: datetime.datetime, until: datetime.datetime,
                       limit: int) -> list[datetime.datetime]:
         """The last `limit` ticks in (after, until]."""
-        found: list[datetime.datetime] = []
+        found: collections.deque[datetime.datetime] = collections.deque(maxlen=limit)
         for tick in self.ticks_after(after):
             if tick > until:
                 break
             found.append(tick)
-            if len(found) > limit:
-                found.pop(0)
-        return found
-
-    def describe(self) -> str:
-        what = f"every {self.every_secs:g} s" if self.every_secs else self.expression
-        return f"{what} ({self.zone.key})"
+        return list(found)
 
 
 def claim_tick(conn: psycopg.Connection, cron: str, scheduled_for: datetime.datetime,

@@ -55,8 +55,9 @@ IDLE_CHECK_SECS = 1.0
 def create_pool(url: str, purpose: str, *, max_size: int, min_size: int = 1,
                 statement_timeout_secs: float | None = None,
                 configure: Callable[[psycopg.Connection], None] | None = None) -> ConnectionPool:
-    """A pool opened lazily in the calling process; connections are checked before use."""
-    return ConnectionPool(
+    """A pool opened lazily in the calling process; connections idle for a while are checked
+    before use."""
+    return _StampingPool(
         url,
         min_size=min(min_size, max_size),
         max_size=max_size,
@@ -68,19 +69,22 @@ def create_pool(url: str, purpose: str, *, max_size: int, min_size: int = 1,
     )
 
 
+class _StampingPool(ConnectionPool):
+    """Notes when each connection comes back, in the returning thread. (Not a `reset`
+    callback: with one, psycopg_pool hands every returned connection to a worker thread.)"""
+
+    def putconn(self, conn: psycopg.Connection) -> None:
+        conn._forge_used_at = time.monotonic()
+        super().putconn(conn)
+
+
 def check_if_idle(conn: psycopg.Connection) -> None:
     """Before a checkout, prove with a round trip that a connection idle for over a second
-    still works (after a PostgreSQL restart, every idle one is dead). One used a moment ago
-    (see `mark_used`) was alive then: checking it too would double the round trips of a busy
-    pool."""
+    still works (after a PostgreSQL restart, every idle one is dead). One returned a moment
+    ago was alive then (a broken one is not taken back): checking it too would double the
+    round trips of a busy pool."""
     if time.monotonic() - getattr(conn, "_forge_used_at", 0.0) > IDLE_CHECK_SECS:
         ConnectionPool.check_connection(conn)
-
-
-def mark_used(conn: psycopg.Connection) -> None:
-    """Note that `conn` just worked. (Not a pool `reset` callback: with one, psycopg_pool
-    hands every returned connection to a worker thread.)"""
-    conn._forge_used_at = time.monotonic()
 
 
 def first_line(exc: BaseException) -> str:

@@ -176,7 +176,7 @@ def set_progress(conn: psycopg.Connection, job: ClaimedJob, node_id: UUID, perce
 def reclaim_jobs_of_dead_nodes(conn: psycopg.Connection) -> list[tuple] | None:
     """Running jobs of dead or vanished nodes back to pending; None when another node is at it."""
     with conn.transaction():
-        if not conn.execute(Q.try_lock_reclaim, {"key": RECLAIM_LOCK_KEY}).fetchone()[0]:
+        if not conn.execute(Q.try_xact_lock, {"key": RECLAIM_LOCK_KEY}).fetchone()[0]:
             return None
         return conn.execute(Q.reclaim_jobs_of_dead_nodes).fetchall()
 
@@ -187,7 +187,7 @@ def delete_finished_jobs(conn: psycopg.Connection, retention_secs: float, batch:
     deleted = 0
     for _ in range(max_batches):
         with conn.transaction():
-            if not conn.execute(Q.try_lock_cleaner, {"key": CLEANER_LOCK_KEY}).fetchone()[0]:
+            if not conn.execute(Q.try_xact_lock, {"key": CLEANER_LOCK_KEY}).fetchone()[0]:
                 return None if deleted == 0 else deleted
             count = conn.execute(Q.delete_finished_jobs, {"retention_secs": retention_secs,
                                                           "batch": batch}).rowcount

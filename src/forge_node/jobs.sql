@@ -106,7 +106,8 @@ SET status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
 WHERE status = 'running' AND node_id = %(node_id)s
 RETURNING id, status;
 
--- name: try_lock_reclaim
+-- name: try_xact_lock
+-- The reclaimer and the cleaner each run on one node at a time; the others skip a round.
 SELECT pg_try_advisory_xact_lock(%(key)s);
 
 -- name: reclaim_jobs_of_dead_nodes
@@ -154,8 +155,8 @@ RETURNING id, pg_notify('forge_jobs', capability);
 
 -- name: get_job
 SELECT id, type, status, attempts, max_attempts, capability, priority, node_id::text,
-       progress, progress_message, last_error, created_at, run_at, started_at, completed_at,
-       args, result, timeout_secs, idempotency_key, cancel_requested
+       progress, last_error, created_at, run_at, started_at, completed_at,
+       progress_message, args, result
 FROM forge_jobs WHERE id = %(id)s;
 
 -- name: list_jobs
@@ -179,9 +180,6 @@ FROM forge_jobs
 WHERE status IN ('pending', 'running', 'dead')
 GROUP BY 1
 ORDER BY 1;
-
--- name: try_lock_cleaner
-SELECT pg_try_advisory_xact_lock(%(key)s);
 
 -- name: delete_finished_jobs
 DELETE FROM forge_jobs

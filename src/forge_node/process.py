@@ -30,6 +30,7 @@ from .app import AppRegistry
 from .config import Config
 from .errors import EXIT_FAILURE, EXIT_OK, DatabaseUnavailable
 from .observability import logs
+from .observability.otel import Telemetry
 from .wakeup import Waker
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ class RoleProcess:
         self.reports = ReportPipe(ctx.report_fd)
         self.waker: Waker | None = None
         self.database_lost_at: float | None = None
+        self.next_report_at = 0.0
+        self.telemetry: Telemetry | None = None
 
     def main(self) -> int:
         self.detach_from_supervisor()
@@ -98,12 +101,21 @@ class RoleProcess:
         obs = self.ctx.config.observability
         logs.configure(self.role, str(self.ctx.node_id), obs.log_level, obs.log_format)
 
+    @property
+    def purpose(self) -> str:
+        """How this process names its database connections (their application_name)."""
+        return f"{self.role} {str(self.ctx.node_id)[:8]}"
+
     def boot(self) -> None:
-        """After-fork setup of a plain role process: its signals and its wakeup pipe."""
+        """After-fork setup of a plain role process: its signals, its wakeup pipe and its
+        telemetry."""
         self.waker = Waker()
         self.waker.install()
         signal.signal(signal.SIGTERM, self.handle_stop)
         signal.signal(signal.SIGINT, self.handle_stop)
+        config = self.ctx.config
+        self.telemetry = Telemetry.start(config.observability, config.project.name, self.role,
+                                         str(self.ctx.node_id))
 
     def run(self) -> None:
         """Report ready, then turn until stopped: tick, one guarded step of work, wait."""
@@ -152,7 +164,12 @@ class RoleProcess:
         """Drop the connections a database outage broke; they are opened again on use."""
 
     def tick(self) -> None:
-        """Tell the supervisor this process is alive; stop if the supervisor is gone."""
+        """Once per REPORT_INTERVAL_SECS, however often the loop turns: tell the supervisor
+        this process is alive, and stop if the supervisor is gone."""
+        now = time.monotonic()
+        if now < self.next_report_at:
+            return
+        self.next_report_at = now + REPORT_INTERVAL_SECS
         self.reports.send(ALIVE)
         if os.getppid() != self.ctx.supervisor_pid:
             log.warning("the supervisor is gone; stopping", extra={"event": "role.orphaned"})
@@ -168,7 +185,9 @@ class RoleProcess:
             self.waker.wake()
 
     def shutdown(self) -> None:
-        """Release what boot() built; subclasses drain their work here first."""
+        """Release what boot() built; subclasses drain their work first, then call this."""
+        if self.telemetry is not None:
+            self.telemetry.shutdown()
 
 
 def spawn(process: RoleProcess) -> int:

@@ -34,6 +34,15 @@ def attributes_of(pairs: Any) -> dict[str, Any]:
     return {pair.key: value_of(pair.value) for pair in pairs}
 
 
+def items_of(resources: Any, scopes: str, items: str) -> Iterator[tuple[dict[str, Any], Any]]:
+    """Every span, metric or log record of a request, with its resource's attributes."""
+    for resource_items in resources:
+        resource = attributes_of(resource_items.resource.attributes)
+        for scope in getattr(resource_items, scopes):
+            for item in getattr(scope, items):
+                yield resource, item
+
+
 class OtlpReceiver:
     def __init__(self) -> None:
         self.spans: list[dict] = []
@@ -72,44 +81,34 @@ class OtlpReceiver:
                 self._logs(ExportLogsServiceRequest.FromString(body))
 
     def _spans(self, request: ExportTraceServiceRequest) -> None:
-        for resource_spans in request.resource_spans:
-            resource = attributes_of(resource_spans.resource.attributes)
-            for scope in resource_spans.scope_spans:
-                for span in scope.spans:
-                    self.spans.append({
-                        "name": span.name, "trace_id": span.trace_id.hex(),
-                        "span_id": span.span_id.hex(),
-                        "parent_span_id": span.parent_span_id.hex() or None,
-                        "attributes": attributes_of(span.attributes), "kind": span.kind,
-                        "status": span.status.code, "resource": resource,
-                        "links": [link.trace_id.hex() for link in span.links]})
+        for resource, span in items_of(request.resource_spans, "scope_spans", "spans"):
+            self.spans.append({
+                "name": span.name, "trace_id": span.trace_id.hex(),
+                "span_id": span.span_id.hex(),
+                "parent_span_id": span.parent_span_id.hex() or None,
+                "attributes": attributes_of(span.attributes), "kind": span.kind,
+                "status": span.status.code, "resource": resource})
 
     def _metrics(self, request: ExportMetricsServiceRequest) -> None:
-        for resource_metrics in request.resource_metrics:
-            resource = attributes_of(resource_metrics.resource.attributes)
-            for scope in resource_metrics.scope_metrics:
-                for metric in scope.metrics:
-                    kind = metric.WhichOneof("data")
-                    for point in getattr(metric, kind).data_points:
-                        entry = {"name": metric.name, "kind": kind, "resource": resource,
-                                 "attributes": attributes_of(point.attributes)}
-                        if kind == "histogram":
-                            entry.update(count=point.count, sum=point.sum,
-                                         bounds=list(point.explicit_bounds))
-                        else:
-                            entry["value"] = getattr(point, point.WhichOneof("value"))
-                        self.points.append(entry)
+        for resource, metric in items_of(request.resource_metrics, "scope_metrics", "metrics"):
+            kind = metric.WhichOneof("data")
+            for point in getattr(metric, kind).data_points:
+                entry = {"name": metric.name, "kind": kind, "resource": resource,
+                         "attributes": attributes_of(point.attributes)}
+                if kind == "histogram":
+                    entry.update(count=point.count, sum=point.sum,
+                                 bounds=list(point.explicit_bounds))
+                else:
+                    entry["value"] = getattr(point, point.WhichOneof("value"))
+                self.points.append(entry)
 
     def _logs(self, request: ExportLogsServiceRequest) -> None:
-        for resource_logs in request.resource_logs:
-            resource = attributes_of(resource_logs.resource.attributes)
-            for scope in resource_logs.scope_logs:
-                for record in scope.log_records:
-                    self.logs.append({
-                        "body": value_of(record.body), "severity": record.severity_text,
-                        "trace_id": record.trace_id.hex() or None,
-                        "span_id": record.span_id.hex() or None,
-                        "attributes": attributes_of(record.attributes), "resource": resource})
+        for resource, record in items_of(request.resource_logs, "scope_logs", "log_records"):
+            self.logs.append({
+                "body": value_of(record.body), "severity": record.severity_text,
+                "trace_id": record.trace_id.hex() or None,
+                "span_id": record.span_id.hex() or None,
+                "attributes": attributes_of(record.attributes), "resource": resource})
 
     def wait_for(self, what: Callable[[OtlpReceiver], Any], timeout: float = 15,
                  message: str = "telemetry") -> Any:

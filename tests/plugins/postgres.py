@@ -7,6 +7,7 @@ use your own server; otherwise the suite starts the same embedded PostgreSQL as
 
 from __future__ import annotations
 
+import contextlib
 import os
 import urllib.parse
 import uuid
@@ -14,6 +15,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -45,13 +47,20 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServ
     if url:
         yield PostgresServer(url)
         return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pgserver
     data_dir = tmp_path_factory.mktemp("pg") / "data"
+    with embedded_server(data_dir) as server:
+        yield PostgresServer(server.get_uri(), data_dir)
+
+
+@contextlib.contextmanager
+def embedded_server(data_dir: Path) -> Iterator[Any]:  # a pgserver.PostgresServer
+    """A pgserver PostgreSQL in `data_dir`, deleted with its data when the block ends."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import pgserver
     server = pgserver.get_server(data_dir, cleanup_mode="delete")
     try:
-        yield PostgresServer(server.get_uri(), data_dir)
+        yield server
     finally:
         server.cleanup()
 
@@ -96,11 +105,5 @@ class RestartablePostgres(PostgresServer):
 @pytest.fixture
 def own_postgres(tmp_path: Path) -> Iterator[RestartablePostgres]:
     """A dedicated PostgreSQL for tests that stop and start the server."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pgserver
-    server = pgserver.get_server(tmp_path / "own-pg", cleanup_mode="delete")
-    try:
+    with embedded_server(tmp_path / "own-pg") as server:
         yield RestartablePostgres(server)
-    finally:
-        server.cleanup()

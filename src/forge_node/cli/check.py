@@ -20,11 +20,9 @@ def check(config_path: ConfigPath = DEFAULT_CONFIG) -> None:
     for warning in config.warnings:
         print(f"warning: {warning}")
     try:
-        problems = load_app(config.root, config.project.app).problems_with(config)
+        load_app(config.root, config.project.app).check(config)
     except AppLoadError as exc:
         fail(exc, EXIT_USAGE)
-    if problems:
-        fail("\n".join(problems), EXIT_USAGE)
     print(f"ok: {config.path} is valid")
     try:
         with database_url(config) as url, db.connect(url, "check") as conn:

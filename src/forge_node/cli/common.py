@@ -8,7 +8,6 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
@@ -95,10 +94,3 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], empty: str) 
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                      for row in cells)
-
-
-def json_default(value: object) -> str:
-    """json.dumps(default=...) for what the database hands back."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot encode {type(value).__name__}")

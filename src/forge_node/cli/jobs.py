@@ -11,23 +11,18 @@ import typer
 
 from .. import jobs
 from ..app import load_app
+from ..encoding import to_jsonable
 from ..errors import EXIT_FAILURE, EXIT_USAGE, AppLoadError
 from .common import (
     DEFAULT_CONFIG,
     ConfigPath,
     fail,
-    json_default,
     load_config,
     table,
     with_connection,
 )
 
 app = typer.Typer(help="List, inspect, retry, cancel and enqueue jobs.", no_args_is_help=True)
-
-FIELDS = ("id", "type", "status", "attempts", "max_attempts", "capability", "priority",
-          "node_id", "progress", "last_error", "created_at", "run_at", "started_at",
-          "completed_at")
-
 
 def _with_connection(config_path, action: Callable[[psycopg.Connection], Any]) -> Any:
     return with_connection(load_config(config_path), "jobs", action)
@@ -46,8 +41,7 @@ def list_command(
         fail(f"--status must be one of {', '.join(jobs.STATUSES)}, got {status!r}", EXIT_USAGE)
     rows = _with_connection(config_path, lambda c: jobs.list_jobs(c, status, job_type, limit))
     if as_json:
-        print(json.dumps([{k: row[k] for k in FIELDS} for row in rows], default=json_default,
-                         indent=2))
+        print(json.dumps(to_jsonable(rows), indent=2))
         return
     print(table(["ID", "TYPE", "STATUS", "ATTEMPTS", "CAPABILITY", "PROGRESS", "CREATED"],
                 [[r["id"], r["type"], r["status"], f"{r['attempts']}/{r['max_attempts']}",
@@ -63,8 +57,7 @@ def show(job_id: int, config_path: ConfigPath = DEFAULT_CONFIG,
     if row is None:
         fail(f"no job with id {job_id}", EXIT_FAILURE)
     if as_json:
-        print(json.dumps({k: row[k] for k in (*FIELDS, "progress_message", "args", "result")},
-                         default=json_default, indent=2))
+        print(json.dumps(to_jsonable(row), indent=2))
         return
     for key in ("id", "type", "status", "capability", "priority", "node_id", "created_at",
                 "run_at", "started_at", "completed_at"):
@@ -122,8 +115,8 @@ def enqueue(
         load_app(config.root, config.project.app)
         jobs.job_spec(name)
     except (AppLoadError, jobs.UnknownJobError) as exc:
-        fail(str(exc).strip("'\""), EXIT_USAGE)
-    job_id = _with_connection(config_path, lambda c: jobs.enqueue(
+        fail(exc, EXIT_USAGE)
+    job_id = with_connection(config, "jobs", lambda c: jobs.enqueue(
         c, name, parsed, delay_secs=delay_secs, priority=priority,
         idempotency_key=idempotency_key))
     print(job_id)

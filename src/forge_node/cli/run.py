@@ -9,7 +9,7 @@ import typer
 from .. import __version__
 from ..app import load_app
 from ..cluster import NodeIdentity
-from ..errors import EXIT_CONFIG, AppLoadError, ForgeNodeError
+from ..errors import EXIT_CONFIG, ForgeNodeError
 from ..migrations import Migrator, all_migrations
 from ..observability import logs
 from .common import DEFAULT_CONFIG, ConfigPath, database_url, fail, load_config
@@ -31,11 +31,9 @@ def run(config_path: ConfigPath = DEFAULT_CONFIG) -> None:
     for warning in config.warnings:
         log.warning(warning, extra={"event": "config.warning"})
     try:
+        app = load_app(config.root, config.project.app)
+        app.check(config)  # before an embedded PostgreSQL is started for nothing
         with database_url(config) as url:
-            app = load_app(config.root, config.project.app)
-            problems = app.problems_with(config)
-            if problems:
-                raise AppLoadError("; ".join(problems))
             Migrator(url, all_migrations(config.root)).up()
             code = Supervisor(config, url, app, node).run()
     except ForgeNodeError as exc:

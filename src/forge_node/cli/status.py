@@ -8,10 +8,10 @@ from datetime import datetime
 import typer
 
 from .. import cluster, jobs
+from ..encoding import to_jsonable
 from .common import (
     DEFAULT_CONFIG,
     ConfigPath,
-    json_default,
     load_config,
     table,
     with_connection,
@@ -30,12 +30,12 @@ def status(
         "leaders": cluster.list_leaders(conn, threshold),
         "queues": jobs.queue_depths(conn)})
     if as_json:
-        print(json.dumps(view, default=json_default, indent=2))
+        print(json.dumps(to_jsonable(view), indent=2))
     else:
-        print(rendertable(view))
+        print(render_table(view))
 
 
-def rendertable(view: dict) -> str:
+def render_table(view: dict) -> str:
     lines = [table(
         ["NODE", "HOST", "PID", "ROLES", "CAPABILITIES", "STATUS", "VERSION", "STARTED",
          "HEARTBEAT"],
@@ -44,12 +44,12 @@ def rendertable(view: dict) -> str:
           f"{n['heartbeat_age_secs']:.1f}s ago"] for n in view["nodes"]],
         empty="no nodes registered")]
     lines.append(table(["LEADER ROLE", "NODE", "SINCE"],
-                        [[r["role"], r["node_id"][:8], _time(r["since"])]
-                         for r in view["leaders"]], empty="no leaders"))
+                       [[r["role"], r["node_id"][:8], _time(r["since"])]
+                        for r in view["leaders"]], empty="no leaders"))
     lines.append(table(["CAPABILITY", "PENDING", "RUNNING", "DEAD", "OLDEST PENDING"],
-                        [[q["capability"], q["pending"], q["running"], q["dead"],
-                          _age(q.get("oldest_pending_age_secs"))] for q in view["queues"]],
-                        empty="no jobs"))
+                       [[q["capability"], q["pending"], q["running"], q["dead"],
+                         _age(q.get("oldest_pending_age_secs"))] for q in view["queues"]],
+                       empty="no jobs"))
     return "\n\n".join(lines)
 
 

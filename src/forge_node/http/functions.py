@@ -119,10 +119,7 @@ class FunctionRunner:
                 result = spec.handler(FunctionContext(conn, auth, request_id), args)
                 if deadline is not None and time.monotonic() > deadline:
                     raise _timed_out(spec)  # too late: roll its work back
-                db.mark_used(conn)
                 return result
-        except (ApiError, Error):
-            raise
         except psycopg.errors.QueryCanceled:
             raise _timed_out(spec) from None
         except PoolTimeout:

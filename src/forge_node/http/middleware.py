@@ -96,8 +96,9 @@ class CorsMiddleware:
         self.origins = frozenset(origins)
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        preflight = (req.method == "OPTIONS"
-                     and req.get_header("access-control-request-method") is not None)
+        req.context.preflight = preflight = (
+            req.method == "OPTIONS"
+            and req.get_header("access-control-request-method") is not None)
         if preflight:
             resp.status = falcon.HTTP_204
             resp.complete = True  # answered here, whatever the path
@@ -114,7 +115,7 @@ class CorsMiddleware:
             resp.set_header("access-control-allow-credentials", "true")
             resp.append_header("vary", "Origin")
         resp.set_header("access-control-expose-headers", EXPOSED_HEADERS)
-        if req.method == "OPTIONS" and req.get_header("access-control-request-method"):
+        if req.context.get("preflight"):  # unset when an earlier middleware raised
             resp.set_header("access-control-allow-methods", PREFLIGHT_METHODS)
             resp.set_header("access-control-allow-headers",
                             req.get_header("access-control-request-headers") or PREFLIGHT_HEADERS)

@@ -16,7 +16,6 @@ and OpenTelemetry's threads must not cross a fork.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -31,7 +30,6 @@ from .. import cluster, db, jobs
 from ..config import Config
 from ..http.resources.health import DatabaseProbe, HealthResource, ReadyResource
 from ..leader import ROLE_IDS
-from ..observability.otel import Telemetry
 from ..process import RoleProcess
 
 log = logging.getLogger(__name__)
@@ -47,21 +45,21 @@ class MonitorProcess(RoleProcess):
         ctx = self.ctx
         self.server = None
         if "gateway" not in ctx.config.node.roles:
-            self.row = DatabaseProbe(ctx.database_url, f"monitor {str(ctx.node_id)[:8]}",
+            self.row = DatabaseProbe(ctx.database_url, self.purpose,
                                      "SELECT status FROM forge_nodes WHERE id = %s",
                                      (ctx.node_id,))
             self.server = self.probe_server()
-        self.telemetry = Telemetry.start(ctx.config.observability, ctx.config.project.name,
-                                         "monitor", str(ctx.node_id))
         if ctx.config.observability.exports("metrics"):
-            NodeGauges(ctx.database_url, ctx.node_id, ctx.config).register(self.telemetry.meter)
+            NodeGauges(ctx.database_url, ctx.node_id, ctx.config, self.purpose).register(
+                self.telemetry.meter)
 
     def probe_server(self) -> WSGIServer:
         app = falcon.App()
         app.add_route("/_api/health", HealthResource())
         app.add_route("/_api/ready", ReadyResource(self.readiness))
+        # WSGIServer sets SO_REUSEADDR: a restarted monitor binds again at once
         server = make_server("0.0.0.0", self.ctx.config.gateway.port, app,
-                             server_class=_ProbeServer, handler_class=_QuietHandler)
+                             handler_class=_QuietHandler)
         server.timeout = 0.5
         return server
 
@@ -79,14 +77,15 @@ class MonitorProcess(RoleProcess):
     def shutdown(self) -> None:
         if self.server is not None:
             self.server.server_close()
-        self.telemetry.shutdown()
+        super().shutdown()
 
 
 class NodeGauges:
     """Observable gauges read from the database, one snapshot per collection."""
 
-    def __init__(self, url: str, node_id: Any, config: Config) -> None:
+    def __init__(self, url: str, node_id: Any, config: Config, purpose: str) -> None:
         self.url = url
+        self.purpose = purpose
         self.node_id = node_id
         self.dead_threshold_secs = config.cluster.dead_threshold_secs
         self.max_age_secs = config.observability.metrics_interval_secs / 2
@@ -148,8 +147,7 @@ class NodeGauges:
             self._taken_at = time.monotonic()
             try:
                 if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._conn = db.connect(self.url, f"monitor {str(self.node_id)[:8]}",
-                                            statement_timeout_secs=5)
+                    self._conn = db.connect(self.url, self.purpose, statement_timeout_secs=5)
                 conn = self._conn
                 self._snapshot = {
                     "nodes": cluster.list_nodes(conn, self.dead_threshold_secs),
@@ -161,14 +159,6 @@ class NodeGauges:
                 self._conn = None
                 self._snapshot = {}
             return self._snapshot
-
-
-class _ProbeServer(WSGIServer):
-    allow_reuse_address = True
-
-    def server_bind(self) -> None:
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        super().server_bind()
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -16,13 +16,13 @@ import datetime
 import logging
 import time
 
+import psycopg
 from opentelemetry import trace
 
 from .. import crons, db, jobs
 from ..app import CronSpec
 from ..leader import LEADER_CHANNEL, LeaderElection
 from ..listener import Listener
-from ..observability.otel import Telemetry
 from ..process import REPORT_INTERVAL_SECS, RoleProcess
 
 log = logging.getLogger(__name__)
@@ -36,15 +36,12 @@ class SchedulerProcess(RoleProcess):
     def boot(self) -> None:
         super().boot()
         ctx = self.ctx
-        purpose = f"scheduler {str(ctx.node_id)[:8]}"
         self.crons = list(ctx.app.crons.values())
-        self.election = LeaderElection(ctx.database_url, "scheduler", ctx.node_id, purpose)
-        self.listener = Listener(ctx.database_url, (LEADER_CHANNEL,), purpose)
+        self.election = LeaderElection(ctx.database_url, "scheduler", ctx.node_id, self.purpose)
+        self.listener = Listener(ctx.database_url, (LEADER_CHANNEL,), self.purpose)
         self.next_fire: dict[str, datetime.datetime] = {}
         self.next_attempt = 0.0
-        self.purpose = purpose
-        self.telemetry = Telemetry.start(ctx.config.observability, ctx.config.project.name,
-                                         "scheduler", str(ctx.node_id))
+        self.conn: psycopg.Connection | None = None  # for ticks; the lock has its own
 
     def run_once(self) -> None:
         self.read_notifications()
@@ -57,7 +54,19 @@ class SchedulerProcess(RoleProcess):
 
     def database_lost(self) -> None:
         self.election.close()
+        self.close_connection()
         self.next_attempt = time.monotonic() + LEADER_RETRY_SECS
+
+    def connection(self) -> psycopg.Connection:
+        """Opened on first use, and again after it broke."""
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            self.conn = db.connect(self.ctx.database_url, self.purpose)
+        return self.conn
+
+    def close_connection(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
     def read_notifications(self) -> None:
         if self.listener.poll():  # a leader stood down: try at once
@@ -74,8 +83,7 @@ class SchedulerProcess(RoleProcess):
 
     def plan_after_election(self, moment: datetime.datetime) -> None:
         """Catch up (or skip) what was missed without a leader; plan every cron's next tick."""
-        with db.connect(self.ctx.database_url, self.purpose) as conn:
-            last = crons.last_ticks(conn)
+        last = crons.last_ticks(self.connection())
         for cron in self.crons:
             self.next_fire[cron.name] = cron.schedule.next_after(moment)
             if cron.name not in last:
@@ -110,8 +118,8 @@ class SchedulerProcess(RoleProcess):
         the job's run joins."""
         span = self.telemetry.start_span("cron.tick", attributes={
             "cron.name": cron.name, "cron.scheduled_for": scheduled_for.isoformat()})
-        with trace.use_span(span, end_on_exit=True), \
-                db.connect(self.ctx.database_url, self.purpose, autocommit=False) as conn:
+        conn = self.connection()
+        with trace.use_span(span, end_on_exit=True), conn.transaction():
             if not crons.claim_tick(conn, cron.name, scheduled_for, self.ctx.node_id):
                 span.set_attribute("cron.outcome", "already_fired")
                 return  # another leader fired it
@@ -143,7 +151,8 @@ class SchedulerProcess(RoleProcess):
                                                                  "leader_role": "scheduler"})
         self.election.resign()
         self.listener.close()
-        self.telemetry.shutdown()
+        self.close_connection()
+        super().shutdown()
 
 
 def now() -> datetime.datetime:

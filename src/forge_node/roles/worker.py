@@ -32,7 +32,6 @@ from ..jobpool import JobPool, Outcome, RunningJob
 from ..jobs import ANY_CAPABILITY, CANCEL_CHANNEL, NOTIFY_CHANNEL, ClaimedJob, WorkerQueue
 from ..listener import Listener
 from ..observability.logs import JOB_ID
-from ..observability.otel import Telemetry
 from ..process import REPORT_INTERVAL_SECS, RoleProcess
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,6 @@ class WorkerProcess(RoleProcess):
     def boot(self) -> None:
         super().boot()
         config, ctx = self.ctx.config, self.ctx
-        purpose = f"worker {str(ctx.node_id)[:8]}"
         self.poll_interval = config.worker.poll_interval_ms / 1000
         self.default_timeout = config.worker.job_timeout_secs
         self.reported: collections.deque[Outcome] = collections.deque()
@@ -56,17 +54,14 @@ class WorkerProcess(RoleProcess):
                               execute=self.execute, report=self.report)
                       for i, capability in enumerate(config.node.worker_capabilities)]
         slots = sum(pool.slots for pool in self.pools)
-        self.handler_db = db.create_pool(ctx.database_url, f"{purpose} jobs", min_size=0,
+        self.handler_db = db.create_pool(ctx.database_url, f"{self.purpose} jobs", min_size=0,
                                          max_size=slots + 2)
         self.handler_db.open(wait=False)
-        self.listener = Listener(ctx.database_url, (NOTIFY_CHANNEL, CANCEL_CHANNEL), purpose)
+        self.listener = Listener(ctx.database_url, (NOTIFY_CHANNEL, CANCEL_CHANNEL), self.purpose)
         self.queue: WorkerQueue | None = None
-        self.purpose = purpose
         self.reclaimed = False
         self.next_poll = 0.0
         self.next_cancel_check = 0.0
-        self.telemetry = Telemetry.start(config.observability, config.project.name, "worker",
-                                         str(ctx.node_id))
         self.metrics = self.telemetry.metrics
         for pool in self.pools:
             pool.start()
@@ -75,9 +70,7 @@ class WorkerProcess(RoleProcess):
         """One turn: wake-ups, outcomes, timeouts, cancel requests, then new claims."""
         self.reclaim_jobs_left_running()
         self.read_notifications()
-        self.collect_outcomes()
-        self.expire_overdue_jobs()
-        self.record_outcomes()
+        self.collect_and_record()
         self.refresh_cancel_requests()
         self.claim_jobs()
 
@@ -174,8 +167,7 @@ class WorkerProcess(RoleProcess):
                         extra={"event": "job.fenced", "job_id": job.id})
             self.finish_span(outcome, "fenced")
             return
-        timed_out = outcome.error.startswith("timed out")
-        self.finish_span(outcome, "timeout" if timed_out else
+        self.finish_span(outcome, "timeout" if outcome.running.abandoned else
                          {"pending": "retrying"}.get(status, status))
         level = logging.ERROR if status == "dead" else logging.WARNING
         log.log(level, "job %d (%s) attempt %d/%d failed: %s; now %s", job.id, job.type,
@@ -313,7 +305,7 @@ class WorkerProcess(RoleProcess):
         self.handler_db.close(timeout=0.5)
         if self.queue is not None:
             self.queue.conn.close()
-        self.telemetry.shutdown()
+        super().shutdown()
 
     def collect_and_record(self) -> None:
         self.collect_outcomes()

@@ -49,7 +49,7 @@ class FrontendSink:
         if any(part == ".." for part in relative.split("/")):
             return None
         candidate = Path(os.path.realpath(self.root / relative))
-        if candidate != self.root and not candidate.is_relative_to(self.root):
+        if not candidate.is_relative_to(self.root):  # (the root itself is relative to it)
             return None
         return candidate
 
