@@ -32,6 +32,7 @@ class RunningJob:
     cancel_flag: bool = False
     started_at: float | None = None
     abandoned: bool = False
+    reported: bool = False  # its thread handed its outcome over: too late to abandon
     span: Any = None  # its job.execute span, ended when its outcome is recorded
 
     @property
@@ -100,12 +101,17 @@ class JobPool:
                 self.in_hand.pop(running.job.id, None)
         return unstarted
 
-    def abandon(self, running: RunningJob) -> None:
-        """Give up on a started job: its thread is replaced, its late result ignored."""
+    def abandon(self, running: RunningJob) -> bool:
+        """Give up on a started job: its thread is replaced, its late result ignored. False
+        when its outcome came in meanwhile (it finished just at its deadline): that outcome
+        stands."""
         with self._lock:
+            if running.reported:
+                return False
             running.abandoned = True
             self._start_thread()
         self.in_hand.pop(running.job.id, None)
+        return True
 
     def close(self) -> None:
         for _ in range(self._threads):
@@ -127,3 +133,4 @@ class JobPool:
                 if running.abandoned:
                     return
                 self._report(outcome)
+                running.reported = True

@@ -161,6 +161,8 @@ def test_a_missing_role_is_forbidden(gw):
     assert error_of(gw.rpc("admin_only", headers=bearer(hs256_token()))) == (403, "FORBIDDEN")
     admin = bearer(hs256_token({"roles": ["reader", "admin"]}))
     assert gw.rpc("admin_only", headers=admin).json["data"] == "ok"
+    odd = bearer(hs256_token({"roles": [{"name": "admin"}, ["admin"]]}))
+    assert error_of(gw.rpc("admin_only", headers=odd)) == (403, "FORBIDDEN")
 
 
 def test_the_function_role_can_be_disabled(gateway):

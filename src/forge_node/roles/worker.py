@@ -123,8 +123,8 @@ class WorkerProcess(RoleProcess):
         now = time.monotonic()
         for pool in self.pools:
             for running in pool.running():
-                if running.deadline is not None and now > running.deadline:
-                    pool.abandon(running)
+                if running.deadline is not None and now > running.deadline \
+                        and pool.abandon(running):
                     log.warning("job %d (%s) timed out after %g s", running.job.id,
                                 running.job.type, running.timeout_secs,
                                 extra={"event": "job.timeout", "job_id": running.job.id})

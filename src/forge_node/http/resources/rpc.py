@@ -78,7 +78,7 @@ class RpcResource:
         if spec.roles:
             held = claims.get("roles")
             held = [held] if isinstance(held, str) else held if isinstance(held, list) else []
-            if not set(spec.roles) & set(held):
+            if not any(role in held for role in spec.roles):  # held may hold anything
                 raise ApiError(403, FORBIDDEN,
                                f"{spec.name} needs one of the roles {', '.join(spec.roles)}")
 
