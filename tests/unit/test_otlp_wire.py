@@ -13,7 +13,7 @@ TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 
 
 class Discard:
-    def add(self, span: RecordedSpan) -> None:
+    def add(self, span: bytes) -> None:
         pass
 
 
@@ -76,3 +76,21 @@ def test_a_child_span_with_an_error_status_and_an_event():
     assert event.time_unix_nano > 0
     assert other.name == "fn.execute"
     assert other.kind == trace_pb2.Span.SPAN_KIND_INTERNAL
+
+
+def test_values_kept_from_earlier_spans_never_leak_into_later_ones():
+    """Pairs are encoded once and kept (up to a bound per key): ids past the bound, equal
+    values of another type (1, True, 1.0) and the same value under another key stay apart."""
+    spans = []
+    for number in range(1, 201):
+        span = recorded("http.request", number, attributes={
+            "request.id": f"request-{number}", "http.route": f"/_api/rpc/{number % 3}",
+            "flag": [1, True, 1.0][number % 3], "other": f"request-{number}"})
+        span.end()
+        spans.append(span)
+    out = parse(spans).resource_spans[0].scope_spans[0].spans
+    assert [attributes(span.attributes) for span in out] == [
+        {"request.id": f"request-{number}", "http.route": f"/_api/rpc/{number % 3}",
+         "flag": [1, True, 1.0][number % 3], "other": f"request-{number}"}
+        for number in range(1, 201)]
+    assert [type(attributes(span.attributes)["flag"]) for span in out[:3]] == [bool, float, int]

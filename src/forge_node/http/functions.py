@@ -12,7 +12,6 @@ connection until it returns.)
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import contextvars
 import logging
 import random
@@ -20,8 +19,9 @@ import time
 from typing import Any
 
 import psycopg
+from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import Status, StatusCode
 from psycopg.rows import namedtuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -70,26 +70,37 @@ class FunctionRunner:
 
     def run(self, spec: FunctionSpec, args: dict, auth: dict | None, request_id: str) -> Any:
         """Run the function in its `fn.execute` span; record its outcome as a metric."""
-        outcome = "error"
-        # without traces exported, the request's own ids are all a function's logs need
+        if not self.telemetry.tracing:
+            # without traces exported, the request's own ids are all a function's logs need
+            return self._counted(spec, args, auth, request_id, None)
         span = self.telemetry.start_span(
-            "fn.execute", attributes={"fn.name": spec.name, "fn.kind": spec.kind}) \
-            if self.telemetry.tracing else None
-        with trace.use_span(span, end_on_exit=True) if span else contextlib.nullcontext():
-            try:
-                result = self._run(spec, args, auth, request_id)
-                outcome = "ok"
-                return result
-            except ApiError as exc:
-                outcome = {TIMEOUT: "timeout", SERVICE_UNAVAILABLE: "unavailable"}.get(
-                    exc.code, "error")
-                raise
-            finally:
-                if span is not None:
-                    span.set_attribute("fn.outcome", outcome)
-                    if outcome != "ok":
-                        span.set_status(StatusCode.ERROR)
-                self.metrics.function_run(spec.name, spec.kind, outcome)
+            "fn.execute", attributes={"fn.name": spec.name, "fn.kind": spec.kind})
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            return self._counted(spec, args, auth, request_id, span)
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            otel_context.detach(token)
+            span.end()
+
+    def _counted(self, spec: FunctionSpec, args: dict, auth: dict | None, request_id: str,
+                 span: trace.Span | None) -> Any:
+        outcome = "error"
+        try:
+            result = self._run(spec, args, auth, request_id)
+            outcome = "ok"
+            return result
+        except ApiError as exc:
+            outcome = {TIMEOUT: "timeout", SERVICE_UNAVAILABLE: "unavailable"}.get(
+                exc.code, "error")
+            raise
+        finally:
+            if span is not None:
+                span.set_attribute("fn.outcome", outcome)
+            self.metrics.function_run(spec.name, spec.kind, outcome)
 
     def _run(self, spec: FunctionSpec, args: dict, auth: dict | None, request_id: str) -> Any:
         if spec.timeout_secs is None:

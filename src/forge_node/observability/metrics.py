@@ -4,7 +4,8 @@ Counters and histograms are plain in-process tallies, updated under a lock in a 
 two: the SDK's aggregation costs 30 us per measurement here, a tenth of a whole request.
 Counters reach the SDK as observable counters read at each collection; histograms, which
 the SDK cannot observe, are added to each export by `HistogramExporter` (cumulative, like
-the SDK's default). With metrics not exported, recording does nothing at all.
+the SDK's default). A request or a job attempt is recorded once, in its duration histogram,
+whose counts are also its counter's. With metrics not exported, recording does nothing.
 
 Labels are bounded: HTTP paths are route templates (unmatched paths collapse to one value),
 unknown function names never get this far (a 404), job types come from the app's registry.
@@ -16,7 +17,7 @@ import bisect
 import collections
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -77,6 +78,13 @@ class HistogramTally:
             if series is None:
                 series = self._series[values] = _Series(len(self.bounds) + 1)
             series.add(bucket, value)
+
+    def observe_counts(self, options: CallbackOptions) -> Iterable[Observation]:
+        """Each series' count, for the counter that counts what the histogram measures."""
+        with self._lock:
+            counts = [(values, series.count) for values, series in self._series.items()]
+        return [Observation(n, dict(zip(self.labels, values, strict=True)))
+                for values, n in counts]
 
     def metric(self, start_ns: int, now_ns: int) -> Metric | None:
         with self._lock:
@@ -152,33 +160,25 @@ class HistogramExporter(MetricExporter):
 class Metrics:
     def __init__(self, meter: metrics.Meter, enabled: bool) -> None:
         self.enabled = enabled
-        self.http_requests = self._counter(meter, "http_requests_total",
-                                           ("method", "path", "status"),
-                                           "HTTP requests answered by the gateway")
-        self.fn_executions = self._counter(meter, "fn.executions_total",
-                                           ("function", "kind", "outcome"),
-                                           "Queries and mutations run, by outcome")
-        self.job_executions = self._counter(meter, "job_executions_total",
-                                            ("job_type", "status"),
-                                            "Job attempts run, by their outcome")
+        self.fn_executions = Tally(("function", "kind", "outcome"))
+        meter.create_observable_counter("fn.executions_total", [self.fn_executions.observe],
+                                        description="Queries and mutations run, by outcome")
+        # a request or a job attempt is recorded once: its counter reads its histogram's counts
         self.http_duration = HistogramTally("http_request_duration_seconds", "s",
                                             "Time to answer an HTTP request",
                                             ("method", "path", "status"))
+        meter.create_observable_counter("http_requests_total",
+                                        [self.http_duration.observe_counts],
+                                        description="HTTP requests answered by the gateway")
         self.job_duration = HistogramTally("job_duration_seconds", "s",
                                            "Time a job attempt ran", ("job_type", "status"))
+        meter.create_observable_counter("job_executions_total",
+                                        [self.job_duration.observe_counts],
+                                        description="Job attempts run, by their outcome")
         self.histograms = (self.http_duration, self.job_duration)
-
-    @staticmethod
-    def _counter(meter: metrics.Meter, name: str, labels: tuple[str, ...],
-                 description: str) -> Tally:
-        tally = Tally(labels)
-        callback: Callable = tally.observe
-        meter.create_observable_counter(name, [callback], description=description)
-        return tally
 
     def http_request(self, method: str, path: str, status: int, seconds: float) -> None:
         if self.enabled:
-            self.http_requests.add(method, path, status)
             self.http_duration.record(seconds, method, path, status)
 
     def function_run(self, function: str, kind: str, outcome: str) -> None:
@@ -187,5 +187,4 @@ class Metrics:
 
     def job_run(self, job_type: str, status: str, seconds: float) -> None:
         if self.enabled:
-            self.job_executions.add(job_type, status)
             self.job_duration.record(seconds, job_type, status)

@@ -1,9 +1,12 @@
 """OTLP trace export requests in protobuf wire format, written directly.
 
 Building opentelemetry-proto message objects costs about 37 us per span here (every
-attribute is two nested messages); writing the same bytes costs a fraction of that. The
-field numbers are those of opentelemetry/proto/trace/v1/trace.proto and common.proto;
-tests/unit/test_otlp_wire.py parses the output with opentelemetry-proto to prove it.
+attribute is two nested messages); writing the same bytes costs a fraction of that, and most
+of a span's bytes repeat from one span to the next: tags, names, kinds and the attribute
+pairs whose values come from a small set (methods, routes, status codes, function names,
+outcomes), which are encoded once and kept. The field numbers are those of
+opentelemetry/proto/trace/v1/trace.proto and common.proto; tests/unit/test_otlp_wire.py
+parses the output with opentelemetry-proto to prove it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 _VARINT, _FIXED64, _BYTES, _FIXED32 = 0, 1, 2, 5
 _KINDS = {SpanKind.INTERNAL: 1, SpanKind.SERVER: 2, SpanKind.CLIENT: 3, SpanKind.PRODUCER: 4,
@@ -21,10 +24,15 @@ _STATUS = {StatusCode.UNSET: 0, StatusCode.OK: 1, StatusCode.ERROR: 2}
 _UINT64 = (1 << 64) - 1
 
 
+UNSET = Status(StatusCode.UNSET)  # immutable: a span's status until it is set
+
+
 class EncodableSpan(Protocol):
     name: str
-    context: SpanContext
-    parent: SpanContext | None
+    trace_id: int
+    span_id: int
+    parent_id: int | None
+    flags: int
     kind: SpanKind
     attributes: Mapping[str, Any]
     events: list[tuple[str, Mapping[str, Any] | None, int]]
@@ -34,8 +42,9 @@ class EncodableSpan(Protocol):
 
 
 def export_request(resource_attributes: bytes, scope: bytes, spans: Iterable[bytes]) -> bytes:
-    """ExportTraceServiceRequest{resource_spans: [{resource, scope_spans: [{scope, spans}]}]}."""
-    scope_spans = _field(1, scope) + b"".join(_field(2, span) for span in spans)
+    """ExportTraceServiceRequest{resource_spans: [{resource, scope_spans: [{scope, spans}]}]};
+    `spans` as `span` returns them."""
+    scope_spans = _field(1, scope) + b"".join(spans)
     resource_spans = _field(1, resource_attributes) + _field(2, scope_spans)
     return _field(1, resource_spans)
 
@@ -51,40 +60,60 @@ def scope(name: str, version: str) -> bytes:
 
 
 def span(span: EncodableSpan) -> bytes:
-    context = span.context
-    out = [_TRACE_ID, context.trace_id.to_bytes(16, "big"),
-           _SPAN_ID, context.span_id.to_bytes(8, "big")]
-    if span.parent is not None:
-        out += [_PARENT_SPAN_ID, span.parent.span_id.to_bytes(8, "big")]
-    out += [_field(5, span.name.encode()), _KIND_FIELDS[span.kind],
-            _START_TIME, _FIXED64_VALUE.pack(span.start_time),
-            _END_TIME, _FIXED64_VALUE.pack(span.end_time or span.start_time),
+    """The span as ScopeSpans' repeated `spans` field (number 2), ready to join."""
+    trace_id = span.trace_id
+    out = [_IDS.pack(*_IDS_TAGS[0], trace_id >> 64, trace_id & _UINT64, *_IDS_TAGS[1],
+                     span.span_id)]
+    if span.parent_id is not None:
+        out.append(_PARENT_SPAN_ID.pack(*_PARENT_TAG, span.parent_id))
+    name = _NAMES.get(span.name)
+    if name is None:
+        name = _remember(_NAMES, span.name, _field(5, span.name.encode()))
+    out += [name, _KIND_FIELDS[span.kind._value_],  # the enum's hash is a Python call
+            _TIMES.pack(_TIMES_TAGS[0], span.start_time, _TIMES_TAGS[1],
+                        span.end_time or span.start_time),
             attributes_of(span.attributes, field=9)]
-    for name, attributes, at in span.events:
-        out.append(_field(11, _EVENT_TIME + _FIXED64_VALUE.pack(at) + _field(2, name.encode())
+    for event_name, attributes, at in span.events:
+        out.append(_field(11, _EVENT_TIME.pack(_EVENT_TIME_TAG, at)
+                          + _field(2, event_name.encode())
                           + attributes_of(attributes or {}, field=3)))
     status = span.status
-    description = _field(2, status.description.encode()) if status.description else b""
-    out += [_field(15, description + _STATUS_CODE_FIELDS[status.status_code]),
-            _FLAGS, _FIXED32_VALUE.pack(int(context.trace_flags))]
-    return b"".join(out)
+    if status is not UNSET:  # an absent status is unset
+        description = _field(2, status.description.encode()) if status.description else b""
+        out.append(_field(15, description + _STATUS_CODES[status.status_code]))
+    out += [_FLAGS, _UINT32.pack(span.flags)]
+    body = b"".join(out)
+    size = len(body)
+    if size < 0x4000:  # one span is a few hundred bytes: a two-byte length at most
+        return (bytes((_SPAN_TAG, size)) if size < 0x80
+                else bytes((_SPAN_TAG, size & 0x7F | 0x80, size >> 7))) + body
+    return _field(2, body)
 
 
 def attributes_of(attributes: Mapping[str, Any], field: int = 1) -> bytes:
     """Repeated KeyValue at `field`: bools, ints and floats keep their type, the rest are
     strings."""
-    tag = _LENGTH_DELIMITED[field]
+    known = _PAIRS[field]
     out = []
     for key, value in attributes.items():
-        encoded_key = _KEYS.get(key)
-        if encoded_key is None:
-            encoded_key = _field(1, str(key).encode())
-            if len(_KEYS) < _MAX_KEYS:
-                _KEYS[key] = encoded_key
-        key_value = encoded_key + _field(2, _any_value(value))
-        size = len(key_value)
-        out.append(tag + (bytes((size,)) if size < 0x80 else _varint(size)) + key_value)
+        kind = type(value)
+        if kind is str or kind is int:  # the values worth keeping (True == 1: not bools)
+            values = known.get(key)
+            if values is None:
+                values = _remember(known, key, {})
+            encoded = values.get(value)
+            if encoded is None:
+                encoded = _field(field, _key_value(key, value))
+                if len(values) < _MAX_VALUES_PER_KEY:  # a key of many values (ids) stops here
+                    values[value] = encoded
+        else:
+            encoded = _field(field, _key_value(key, value))
+        out.append(encoded)
     return b"".join(out)
+
+
+def _key_value(key: str, value: Any) -> bytes:
+    return _field(1, str(key).encode()) + _field(2, _any_value(value))
 
 
 def _any_value(value: Any) -> bytes:
@@ -118,20 +147,35 @@ def _tag(number: int, wire_type: int) -> bytes:
     return _varint(number << 3 | wire_type)
 
 
-# Tags, fixed fields and attribute keys (forge-node's own few names), encoded once: most of
-# a span is these.
-_KEYS: dict[str, bytes] = {}
+def _remember(cache: dict, key: Any, value: Any) -> Any:
+    """Keep what was encoded, up to a bound: names and keys come from forge-node's own few."""
+    if len(cache) < _MAX_KEYS:
+        cache[key] = value
+    return value
+
+
+# Tags, fixed fields, span names and attribute pairs, encoded once: most of a span is these.
+_NAMES: dict[str, bytes] = {}
+_PAIRS: list[dict[str, dict[Any, bytes]]] = [{} for _ in range(16)]  # by field
 _MAX_KEYS = 1024
+_MAX_VALUES_PER_KEY = 64
 _LENGTH_DELIMITED = [_tag(number, _BYTES) for number in range(16)]
-_FIXED64_VALUE, _FIXED32_VALUE, _FIXED64_DOUBLE = (struct.Struct("<Q"), struct.Struct("<I"),
-                                                   struct.Struct("<d"))
-_TRACE_ID, _SPAN_ID, _PARENT_SPAN_ID = (_LENGTH_DELIMITED[1] + b"\x10",
-                                        _LENGTH_DELIMITED[2] + b"\x08",
-                                        _LENGTH_DELIMITED[4] + b"\x08")
-_START_TIME, _END_TIME, _EVENT_TIME = _tag(7, _FIXED64), _tag(8, _FIXED64), _tag(1, _FIXED64)
-_FLAGS = _tag(16, _FIXED32)
-_KIND_FIELDS = {kind: _tag(6, _VARINT) + _varint(number) for kind, number in _KINDS.items()}
-_STATUS_CODE_FIELDS = {code: _tag(3, _VARINT) + _varint(number) if number else b""
-                       for code, number in _STATUS.items()}
+_FIXED64_DOUBLE = struct.Struct("<d")
+# One-byte tags are packed with their field: (number << 3 | wire type) and, for bytes, a
+# one-byte length
+_IDS = struct.Struct(">BBQQBBQ")  # trace_id (field 1: 16 bytes, big-endian), span_id (2: 8)
+_IDS_TAGS = (_tag(1, _BYTES)[0], 16), (_tag(2, _BYTES)[0], 8)
+_PARENT_SPAN_ID = struct.Struct(">BBQ")  # field 4: 8 bytes
+_PARENT_TAG = (_tag(4, _BYTES)[0], 8)
+_TIMES = struct.Struct("<BQBQ")  # start (field 7) and end (field 8): fixed64
+_TIMES_TAGS = (_tag(7, _FIXED64)[0], _tag(8, _FIXED64)[0])
+_EVENT_TIME = struct.Struct("<BQ")  # field 1: fixed64
+_EVENT_TIME_TAG = _tag(1, _FIXED64)[0]
+_FLAGS = _tag(16, _FIXED32)  # two bytes, then the fixed32
+_UINT32 = struct.Struct("<I")
+_KIND_FIELDS = {kind._value_: _tag(6, _VARINT) + _varint(number) for kind, number in _KINDS.items()}
+_SPAN_TAG = _tag(2, _BYTES)[0]
+_STATUS_CODES = {code: _tag(3, _VARINT) + _varint(number) if number else b""
+                 for code, number in _STATUS.items()}
 _BOOL_VALUES = {value: _tag(2, _VARINT) + _varint(int(value)) for value in (False, True)}
 _INT_VALUE, _DOUBLE_VALUE = _tag(3, _VARINT), _tag(4, _FIXED64)

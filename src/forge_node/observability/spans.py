@@ -6,8 +6,8 @@ general-purpose span (samplers, limits, locks, attribute validation on every cal
 generic OTLP encoding cost about 150 microseconds per span, two spans per request: more
 than the whole of a trivial query. forge-node records only its own few spans, whose
 attributes it controls, so a `RecordedSpan` keeps plain fields, its sampling decision is the
-SDK's ParentBased(TraceIdRatioBased) rule computed inline, and ended spans are written
-straight in OTLP's protobuf wire format (otlp_wire.py) and POSTed by one background thread,
+SDK's ParentBased(TraceIdRatioBased) rule computed inline, and ended spans are written in
+OTLP's protobuf wire format (otlp_wire.py) and POSTed in batches by one background thread,
 honouring the standard OTEL_EXPORTER_OTLP_* and OTEL_BSP_* variables. The queue is bounded:
 when the collector cannot keep up, spans are dropped, never a request slowed.
 Unsampled spans are NonRecordingSpans: ids for headers and log lines, nothing recorded.
@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import collections
 import gzip
+import http.client
 import logging
 import os
+import ssl
 import threading
 import time
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-import requests
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
@@ -38,7 +40,6 @@ log = logging.getLogger(__name__)
 
 _ids = RandomIdGenerator()
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_UNSET = Status(StatusCode.UNSET)  # immutable: every span starts with this one
 _TRACE_ID_LIMIT = (1 << 64) - 1
 
 
@@ -69,18 +70,22 @@ def unrecorded_span(parent: SpanContext, trace_id: int | None = None,
 
 
 class RecordedSpan(trace.Span):
-    """A sampled span of forge-node's own, handed to the shipper when it ends."""
+    """A sampled span of forge-node's own, handed to the shipper when it ends; its ids are
+    kept as plain ints for otlp_wire."""
 
     def __init__(self, name: str, context: SpanContext, parent: SpanContext | None,
                  kind: SpanKind, attributes: Mapping[str, Any] | None,
                  shipper: SpanShipper) -> None:
         self.name = name
         self.context = context
-        self.parent = parent
+        self.trace_id = context.trace_id
+        self.span_id = context.span_id
+        self.flags = int(context.trace_flags)
+        self.parent_id = parent.span_id if parent is not None else None
         self.kind = kind
-        self.attributes = dict(attributes or {})
+        self.attributes = dict(attributes) if attributes else {}
         self.events: list[tuple[str, Mapping[str, Any] | None, int]] = []
-        self.status = _UNSET
+        self.status = otlp_wire.UNSET
         self.start_time = time.time_ns()
         self.end_time: int | None = None
         self._shipper = shipper
@@ -180,38 +185,89 @@ class SpanShipper:
 
 
 class OtlpHttpSender:
-    """POSTs encoded batches to the collector's /v1/traces, as the SDK's exporter would."""
+    """POSTs encoded batches to the collector's /v1/traces over one kept-alive connection.
+
+    http.client directly: a 100 kB POST through requests costs about 1.8 ms of CPU here, and
+    0.3 ms this way. It reads the same OTEL_EXPORTER_OTLP_(TRACES_)* variables as the SDK's
+    exporter (endpoint, headers, compression, certificate, client certificate and key); it
+    does not go through an HTTP(S)_PROXY.
+    """
 
     def __init__(self, endpoint: str | None, timeout_secs: float,
                  environ: Mapping[str, str] = os.environ) -> None:
+        def setting(name: str, default: str = "") -> str:
+            return (environ.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}")
+                    or environ.get(f"OTEL_EXPORTER_OTLP_{name}", default))
+
         base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")
         self.endpoint = endpoint or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or \
             f"{base.rstrip('/')}/v1/traces"
+        self.url = urllib.parse.urlsplit(self.endpoint)
         self.timeout_secs = timeout_secs
-        self.gzip = (environ.get("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
-                     or environ.get("OTEL_EXPORTER_OTLP_COMPRESSION", "")).strip() == "gzip"
-        self.session = requests.Session()
-        self.session.headers.update(parse_env_headers(
-            environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
-            or environ.get("OTEL_EXPORTER_OTLP_HEADERS", ""), liberal=True))
-        self.session.headers["Content-Type"] = "application/x-protobuf"
+        self.gzip = setting("COMPRESSION").strip() == "gzip"
+        self.headers = {**parse_env_headers(setting("HEADERS"), liberal=True),
+                        "Content-Type": "application/x-protobuf"}
         if self.gzip:
-            self.session.headers["Content-Encoding"] = "gzip"
-        self.session.verify = (environ.get("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
-                               or environ.get("OTEL_EXPORTER_OTLP_CERTIFICATE") or True)
+            self.headers["Content-Encoding"] = "gzip"
+        self.certificate = setting("CERTIFICATE") or None
+        self.client_certificate = setting("CLIENT_CERTIFICATE") or None
+        self.client_key = setting("CLIENT_KEY") or None
+        self._tls: ssl.SSLContext | None = None
+        self._connection: http.client.HTTPConnection | None = None
         self._complained_at = float("-inf")
 
     def send(self, body: bytes, count: int) -> bool:
+        if self.gzip:
+            body = gzip.compress(body)
         try:
-            response = self.session.post(self.endpoint, data=gzip.compress(body) if self.gzip
-                                         else body, timeout=self.timeout_secs)
-        except requests.RequestException as exc:
+            status = self._post(body)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
             self.complain(f"could not export {count} spans to {self.endpoint}: {exc}")
             return False
-        if not response.ok:
+        if not 200 <= status < 300:
             self.complain(f"the collector at {self.endpoint} refused {count} spans: "
-                          f"HTTP {response.status_code}")
-        return response.ok
+                          f"HTTP {status}")
+        return 200 <= status < 300
+
+    def _post(self, body: bytes) -> int:
+        reused = self._connection is not None
+        try:
+            return self._request(body)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if not reused:
+                raise
+        return self._request(body)  # the collector closed the kept-alive connection meanwhile
+
+    def _request(self, body: bytes) -> int:
+        """The response's status."""
+        connection = self._connection or self._connect()
+        try:
+            connection.request("POST", self.url.path or "/", body=body, headers=self.headers)
+            response = connection.getresponse()
+            response.read()
+        except BaseException:
+            self.close()
+            raise
+        if response.will_close:
+            self.close()
+        return response.status
+
+    def _connect(self) -> http.client.HTTPConnection:
+        """A new connection; a bad URL or certificate fails the send, never the process."""
+        if self.url.scheme == "http" and self.url.hostname:
+            self._connection = http.client.HTTPConnection(self.url.hostname, self.url.port,
+                                                          timeout=self.timeout_secs)
+        elif self.url.scheme == "https" and self.url.hostname:
+            if self._tls is None:
+                tls = ssl.create_default_context(cafile=self.certificate)
+                if self.client_certificate:
+                    tls.load_cert_chain(self.client_certificate, self.client_key)
+                self._tls = tls
+            self._connection = http.client.HTTPSConnection(
+                self.url.hostname, self.url.port, timeout=self.timeout_secs, context=self._tls)
+        else:
+            raise ValueError(f"not an http(s) URL: {self.endpoint!r}")
+        return self._connection
 
     def complain(self, message: str) -> None:
         """At most once a minute: a collector that is down must not flood the log."""
@@ -220,7 +276,9 @@ class OtlpHttpSender:
             log.warning(message, extra={"event": "telemetry.export_failed"})
 
     def close(self) -> None:
-        self.session.close()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 class SpanFactory:
