@@ -1,6 +1,7 @@
 """The gateway's own CPU per request, without HTTP: forge-node's falcon app against a bare one.
 
     python bench/gateway_app.py [--requests 3000] [--rounds 5]
+    python bench/gateway_app.py --paired [--rounds 40]
 
 bench/gateway.py measures whole servers under load, which on a shared machine swings by up to
 2x from one run to the next, and most of whose CPU is gunicorn's, the same for both servers.
@@ -17,6 +18,11 @@ telemetry add. The cases, each in a fresh process of its own, alternating over t
 
 Each figure is the median over the rounds, in microseconds of CPU per request, for
 `GET /_api/health` and `POST /_api/rpc/trivial`.
+
+`--paired` measures observability alone, more steadily still: both forge-node apps are built
+in one process and called in turn, 300 trivial queries at a time, `--rounds` times (say 40);
+it prints the median and quartiles of the pairs' differences, for the whole process and for
+the request thread alone (the rest is the span export and metrics threads).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from gateway import (
 CASES = ("bare", "forge-node", "forge-node observed")
 ROUTES = (("health", "GET", "/_api/health"), ("trivial query", "POST", "/_api/rpc/trivial"))
 WARMUP_REQUESTS = 300
+PAIRED_REQUESTS = 300
 
 FORGE_TOML = """\
 [project]
@@ -71,11 +78,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000, help="per case and route")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--paired", action="store_true",
+                        help="observability only: both forge-node apps in one process")
     parser.add_argument("--measure", choices=CASES, help=argparse.SUPPRESS)
     parser.add_argument("--sink", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure_here(args.measure, args.requests, args.sink)))
+        return
+    if args.paired and args.sink:
+        print(json.dumps(measure_paired(args.rounds, args.sink)))
         return
     sink = Server("otlp sink", f"http://127.0.0.1:{free_port()}", "")
     with postgres() as admin_url, tempfile.TemporaryDirectory() as tmp, \
@@ -83,6 +95,9 @@ def main() -> None:
                     dict(os.environ), Path(tmp) / "sink.log", None):
         env = {**os.environ, "DATABASE_URL": fresh_database(admin_url, "bench_gateway_app"),
                "BARE_THREADS": "8"}
+        if args.paired:
+            report_paired(run_paired(args.rounds, sink.base_url, env), args.rounds)
+            return
         rounds = []
         for number in range(1, args.rounds + 1):
             results = {case: run_case(case, args.requests, sink.base_url, env)
@@ -118,6 +133,57 @@ def measure_here(case: str, requests: int, sink: str) -> dict[str, float]:
             return figures
         finally:
             close()
+
+
+def run_paired(rounds: int, sink: str, env: dict) -> dict[str, list[float]]:
+    command = [sys.executable, __file__, "--paired", "--rounds", str(rounds), "--sink", sink]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+    if out.returncode != 0:
+        raise RuntimeError(f"paired run failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def measure_paired(rounds: int, sink: str) -> dict[str, list[float]]:
+    """Both forge-node apps in this one process, called in turn PAIRED_REQUESTS trivial
+    queries at a time: each pair of chunks ran back to back, so the machine's neighbours
+    weigh on both alike. Per chunk: the process's CPU (every thread) and the calling
+    thread's, in microseconds per request."""
+    cases = ("forge-node", "forge-node observed")
+    figures: dict[str, list[float]] = {f"{case} {kind}": [] for case in cases
+                                       for kind in ("process", "thread")}
+    with tempfile.TemporaryDirectory() as tmp:
+        apps = {}
+        for case in cases:
+            folder = Path(tmp) / case.replace(" ", "_")
+            folder.mkdir()
+            apps[case] = build_app(case, folder, sink)
+        try:
+            for app, _ in apps.values():
+                call(app, "POST", "/_api/rpc/trivial", WARMUP_REQUESTS)
+            for _ in range(rounds):
+                for case, (app, _) in apps.items():
+                    process, thread = time.process_time(), time.thread_time()
+                    call(app, "POST", "/_api/rpc/trivial", PAIRED_REQUESTS)
+                    figures[f"{case} process"].append(
+                        (time.process_time() - process) / PAIRED_REQUESTS * 1e6)
+                    figures[f"{case} thread"].append(
+                        (time.thread_time() - thread) / PAIRED_REQUESTS * 1e6)
+        finally:
+            for _, close in apps.values():
+                close()
+    return figures
+
+
+def report_paired(figures: dict[str, list[float]], rounds: int) -> None:
+    print(f"{rounds} pairs of {PAIRED_REQUESTS} trivial queries, both forge-node apps in one "
+          f"process, called in turn")
+    for kind, what in (("process", "every thread"), ("thread", "the request thread")):
+        off, on = figures[f"forge-node {kind}"], figures[f"forge-node observed {kind}"]
+        differences = [b - a for a, b in zip(off, on, strict=True)]
+        low, middle, high = statistics.quantiles(differences, n=4)
+        print(f"CPU of {what}: off {statistics.median(off):.0f} us/req, on "
+              f"{statistics.median(on):.0f}; observability adds {middle:.0f} us "
+              f"(median of the pairs' differences; quartiles {low:.0f} and {high:.0f})")
 
 
 def build_app(case: str, tmp: Path, sink: str):
