@@ -31,6 +31,7 @@ class Collector:
     def __init__(self, status: int = 200, drop_connections: bool = False,
                  tls: ssl.SSLContext | None = None) -> None:
         self.posts: list[tuple[int, dict[str, str], bytes]] = []
+        self.paths: list[str] = []
         self.connections = 0
         collector = self
 
@@ -45,6 +46,7 @@ class Collector:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 collector.posts.append((self.connection_number, dict(self.headers), body))
+                collector.paths.append(self.path)
                 self.send_response(status)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -86,7 +88,7 @@ def start(collectors: list[Collector], **options: object) -> Collector:
 
 def test_batches_share_one_kept_alive_connection(collectors):
     collector = start(collectors)
-    sender = OtlpHttpSender(collector.url, 5.0, environ={
+    sender = OtlpHttpSender(collector.url + "?tenant=shop", 5.0, environ={
         "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "authorization=Bearer%20abc,x-tenant=shop"})
     try:
         assert all(sender.send(f"batch {n}".encode(), 1) for n in range(3))
@@ -94,6 +96,7 @@ def test_batches_share_one_kept_alive_connection(collectors):
         sender.close()
     assert [(connection, body) for connection, _, body in collector.posts] == [
         (1, b"batch 0"), (1, b"batch 1"), (1, b"batch 2")]
+    assert collector.paths == ["/v1/traces?tenant=shop"] * 3
     headers = collector.posts[0][1]
     assert headers["Content-Type"] == "application/x-protobuf"
     assert headers["authorization"] == "Bearer abc"

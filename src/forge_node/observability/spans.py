@@ -203,6 +203,7 @@ class OtlpHttpSender:
         self.endpoint = endpoint or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or \
             f"{base.rstrip('/')}/v1/traces"
         self.url = urllib.parse.urlsplit(self.endpoint)
+        self.target = (self.url.path or "/") + (f"?{self.url.query}" if self.url.query else "")
         self.timeout_secs = timeout_secs
         self.gzip = setting("COMPRESSION").strip() == "gzip"
         self.headers = {**parse_env_headers(setting("HEADERS"), liberal=True),
@@ -242,7 +243,7 @@ class OtlpHttpSender:
         """The response's status."""
         connection = self._connection or self._connect()
         try:
-            connection.request("POST", self.url.path or "/", body=body, headers=self.headers)
+            connection.request("POST", self.target, body=body, headers=self.headers)
             response = connection.getresponse()
             response.read()
         except BaseException:
