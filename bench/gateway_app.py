@@ -38,6 +38,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from _support import free_port, fresh_database, postgres
 from gateway import (
@@ -111,11 +112,15 @@ def main() -> None:
 
 
 def run_case(case: str, requests: int, sink: str, env: dict) -> dict[str, float]:
-    command = [sys.executable, __file__, "--measure", case, "--requests", str(requests),
-               "--sink", sink]
-    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    return in_fresh_process(case, ["--measure", case, "--requests", str(requests)], sink, env)
+
+
+def in_fresh_process(what: str, arguments: list[str], sink: str, env: dict) -> Any:
+    """This script run again with `arguments`: the JSON its last line prints."""
+    command = [sys.executable, __file__, *arguments, "--sink", sink]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
     if out.returncode != 0:
-        raise RuntimeError(f"{case} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"{what} failed ({out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.splitlines()[-1])
 
 
@@ -136,11 +141,7 @@ def measure_here(case: str, requests: int, sink: str) -> dict[str, float]:
 
 
 def run_paired(rounds: int, sink: str, env: dict) -> dict[str, list[float]]:
-    command = [sys.executable, __file__, "--paired", "--rounds", str(rounds), "--sink", sink]
-    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
-    if out.returncode != 0:
-        raise RuntimeError(f"paired run failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.splitlines()[-1])
+    return in_fresh_process("paired run", ["--paired", "--rounds", str(rounds)], sink, env)
 
 
 def measure_paired(rounds: int, sink: str) -> dict[str, list[float]]:

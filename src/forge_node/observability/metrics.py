@@ -56,8 +56,12 @@ class Tally:
     def observe(self, options: CallbackOptions) -> Iterable[Observation]:
         with self._lock:
             counts = list(self._counts.items())
-        return [Observation(n, dict(zip(self.labels, values, strict=True)))
-                for values, n in counts]
+        return _observations(self.labels, counts)
+
+
+def _observations(labels: tuple[str, ...], counts: Iterable[tuple[tuple, int]],
+                  ) -> list[Observation]:
+    return [Observation(n, dict(zip(labels, values, strict=True))) for values, n in counts]
 
 
 class HistogramTally:
@@ -83,8 +87,7 @@ class HistogramTally:
         """Each series' count, for the counter that counts what the histogram measures."""
         with self._lock:
             counts = [(values, series.count) for values, series in self._series.items()]
-        return [Observation(n, dict(zip(self.labels, values, strict=True)))
-                for values, n in counts]
+        return _observations(self.labels, counts)
 
     def metric(self, start_ns: int, now_ns: int) -> Metric | None:
         with self._lock:

@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 _VARINT, _FIXED64, _BYTES, _FIXED32 = 0, 1, 2, 5
 _KINDS = {SpanKind.INTERNAL: 1, SpanKind.SERVER: 2, SpanKind.CLIENT: 3, SpanKind.PRODUCER: 4,
@@ -29,10 +29,8 @@ UNSET = Status(StatusCode.UNSET)  # immutable: a span's status until it is set
 
 class EncodableSpan(Protocol):
     name: str
-    trace_id: int
-    span_id: int
-    parent_id: int | None
-    flags: int
+    context: SpanContext
+    parent: SpanContext | None
     kind: SpanKind
     attributes: Mapping[str, Any]
     events: list[tuple[str, Mapping[str, Any] | None, int]]
@@ -61,11 +59,12 @@ def scope(name: str, version: str) -> bytes:
 
 def span(span: EncodableSpan) -> bytes:
     """The span as ScopeSpans' repeated `spans` field (number 2), ready to join."""
-    trace_id = span.trace_id
+    context = span.context
+    trace_id = context.trace_id
     out = [_IDS.pack(*_IDS_TAGS[0], trace_id >> 64, trace_id & _UINT64, *_IDS_TAGS[1],
-                     span.span_id)]
-    if span.parent_id is not None:
-        out.append(_PARENT_SPAN_ID.pack(*_PARENT_TAG, span.parent_id))
+                     context.span_id)]
+    if span.parent is not None:
+        out.append(_PARENT_SPAN_ID.pack(*_PARENT_TAG, span.parent.span_id))
     name = _NAMES.get(span.name)
     if name is None:
         name = _remember(_NAMES, span.name, _field(5, span.name.encode()))
@@ -81,7 +80,7 @@ def span(span: EncodableSpan) -> bytes:
     if status is not UNSET:  # an absent status is unset
         description = _field(2, status.description.encode()) if status.description else b""
         out.append(_field(15, description + _STATUS_CODES[status.status_code]))
-    out += [_FLAGS, _UINT32.pack(span.flags)]
+    out += [_FLAGS, _UINT32.pack(int(context.trace_flags))]
     body = b"".join(out)
     size = len(body)
     if size < 0x4000:  # one span is a few hundred bytes: a two-byte length at most

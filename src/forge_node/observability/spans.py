@@ -70,18 +70,14 @@ def unrecorded_span(parent: SpanContext, trace_id: int | None = None,
 
 
 class RecordedSpan(trace.Span):
-    """A sampled span of forge-node's own, handed to the shipper when it ends; its ids are
-    kept as plain ints for otlp_wire."""
+    """A sampled span of forge-node's own, handed to the shipper when it ends."""
 
     def __init__(self, name: str, context: SpanContext, parent: SpanContext | None,
                  kind: SpanKind, attributes: Mapping[str, Any] | None,
                  shipper: SpanShipper) -> None:
         self.name = name
         self.context = context
-        self.trace_id = context.trace_id
-        self.span_id = context.span_id
-        self.flags = int(context.trace_flags)
-        self.parent_id = parent.span_id if parent is not None else None
+        self.parent = parent
         self.kind = kind
         self.attributes = dict(attributes) if attributes else {}
         self.events: list[tuple[str, Mapping[str, Any] | None, int]] = []
