@@ -5,10 +5,11 @@
        +------- resign (unlock + NOTIFY) ---------+
 
 The lock lives exactly as long as the leader's database session: a SIGKILLed node's
-session ends, and with it the lock, within milliseconds. The leader proves before every tick
-that its session still holds the lock; if the round trip fails, it stops leading at once
-and competes again. Standbys retry every LEADER_RETRY_SECS and wake on the NOTIFY a leader
-sends when it stands down cleanly.
+session ends, and with it the lock, within milliseconds. The leader proves that its session
+still holds the lock about once a second (CHECK_INTERVAL_SECS) and right before it acts; if
+the round trip fails, it stops leading at once and competes again. (Checking on every turn
+of an idle loop would cost a database round trip for nothing.) Standbys retry every
+LEADER_RETRY_SECS and wake on the NOTIFY a leader sends when it stands down cleanly.
 
 The lock session sets `idle_session_timeout` and server-side TCP keepalives, so that
 PostgreSQL itself ends the session (and frees the lock) of a leader cut off by the network.
@@ -19,6 +20,7 @@ mode would lose the lock between statements.
 from __future__ import annotations
 
 import logging
+import time
 from uuid import UUID
 
 import psycopg
@@ -32,6 +34,7 @@ Q = Queries.load(__file__, "leader.sql")
 LOCK_CLASS_ID = 0x464F5247  # "FORG"; the object id is the role's
 ROLE_IDS = {"scheduler": 1}
 LEADER_CHANNEL = "forge_leader"
+CHECK_INTERVAL_SECS = 1.0
 SESSION_SETTINGS = {"idle_session_timeout": 15000, "tcp_keepalives_idle": 5,
                     "tcp_keepalives_interval": 2, "tcp_keepalives_count": 3}
 
@@ -43,6 +46,7 @@ class LeaderElection:
         self.node_id = node_id
         self.purpose = purpose
         self.is_leader = False
+        self.next_check_at = 0.0  # time.monotonic() when the lock is next proved held
         self._conn: psycopg.Connection | None = None
         self._params = {"class_id": LOCK_CLASS_ID, "role_id": ROLE_IDS[role], "role": role,
                         "node_id": node_id}
@@ -54,10 +58,15 @@ class LeaderElection:
             return False
         conn.execute(Q.record_leader, self._params)
         self.is_leader = True
+        self.next_check_at = time.monotonic() + CHECK_INTERVAL_SECS
         return True
 
-    def still_leader(self) -> bool:
-        """Check the lock session before acting; a failed check ends the leadership."""
+    def still_leader(self, before_acting: bool = False) -> bool:
+        """Prove the lock is held when a check is due, or always `before_acting`; a failed
+        check ends the leadership."""
+        if not before_acting and time.monotonic() < self.next_check_at:
+            return self.is_leader
+        self.next_check_at = time.monotonic() + CHECK_INTERVAL_SECS
         try:
             held = self._connection().execute(Q.check_leadership, self._params).fetchone()[0]
         except psycopg.Error as exc:

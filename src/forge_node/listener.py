@@ -1,13 +1,14 @@
 """LISTEN on a dedicated connection, reconnecting when the server goes away.
 
 `conn.notifies()` raises when PostgreSQL restarts; the listener then drops the connection,
-and the next `poll()` connects and LISTENs again. Its caller treats every reconnect as
-"something may have been missed" and polls the queue once.
+and the next `poll()` connects and LISTENs again, at most once every RETRY_SECS. Its caller
+treats every reconnect as "something may have been missed" and polls the queue once.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import psycopg
 
@@ -15,6 +16,8 @@ from . import db
 from .errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
+
+RETRY_SECS = 1.0
 
 
 class Listener:
@@ -24,15 +27,16 @@ class Listener:
         self.purpose = purpose
         self._conn: psycopg.Connection | None = None
         self._lost = False
+        self._retry_at = 0.0
 
-    def fileno(self) -> int | None:
-        """The socket to select() on, or None while disconnected."""
-        return self._conn.pgconn.socket if self._conn is not None else None
+    def fds(self) -> list[int]:
+        """The socket to select() on; none while disconnected."""
+        return [self._conn.pgconn.socket] if self._conn is not None else []
 
     def poll(self) -> list[psycopg.Notify] | None:
         """Notifications received so far; None after a (re)connect: the caller should poll."""
         if self._conn is None:
-            return self._connect()
+            return [] if time.monotonic() < self._retry_at else self._connect()
         try:
             return list(self._conn.notifies(timeout=0))
         except psycopg.Error as exc:
@@ -40,11 +44,15 @@ class Listener:
             return None
 
     def _connect(self) -> None:
+        self._retry_at = time.monotonic() + RETRY_SECS
+        conn = None
         try:
             conn = db.connect(self.url, self.purpose)
             for channel in self.channels:
                 conn.execute(f"LISTEN {channel}")
         except (DatabaseUnavailable, psycopg.Error) as exc:
+            if conn is not None:
+                conn.close()
             if not self._lost:
                 log.warning("cannot listen for wake-ups: %s; polling meanwhile",
                             db.first_line(exc), extra={"event": "worker.listener_lost"})

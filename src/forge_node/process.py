@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import signal
 import sys
@@ -128,10 +129,30 @@ class RoleProcess:
     def run_once(self) -> None:
         """One turn of the role's work; the database may fail under it (see guarded)."""
 
+    def next_deadline(self) -> float:
+        """When (time.monotonic()) the role next has work of its own to do; events on
+        `wake_fds()` and signals wake it earlier. Never: math.inf."""
+        return math.inf
+
+    def wake_fds(self) -> list[int]:
+        """Sockets whose readability means work (a LISTEN connection, a probe server)."""
+        return []
+
     def wait(self) -> None:
-        """Sleep until there is work, a signal, or the next report is due."""
+        """Sleep until the role's next deadline, a wake-up, or the next report is due.
+
+        While the database is lost, work cannot start before the next retry: a deadline
+        already in the past (a due poll, an outcome to record) and a socket that stays
+        readable (a dead connection's end of file) wait for that retry instead of turning
+        the loop at once."""
         assert self.waker is not None
-        self.waker.wait(REPORT_INTERVAL_SECS)
+        if self.stopping:
+            return
+        deadline, fds = self.next_deadline(), self.wake_fds()
+        if self.database_lost_at is not None:
+            deadline, fds = max(deadline, self.database_lost_at + RECONNECT_DELAY_SECS), []
+        timeout = min(self.next_report_at, deadline) - time.monotonic()
+        self.waker.wait(max(0.0, timeout), fds)
 
     def guarded(self, step: Callable[[], object]) -> bool:
         """Run a step. A lost database is logged once, `database_lost()` drops what it broke,

@@ -7,6 +7,7 @@ import urllib.error
 import urllib.request
 
 from tests.plugins.nodes import wait_until
+from tests.plugins.usage import cpu_shares, node_processes, over
 
 
 def ready(port):
@@ -58,3 +59,21 @@ def test_readiness_fails_while_postgres_is_down_and_recovers_by_itself(
     assert rpc(app.port, "now")[1]["data"] == {"one": 1}
     assert node.proc.poll() is None
     node.wait_for_event("node.database_back", timeout=10)
+
+
+def test_roles_wait_for_the_database_without_spinning(make_app, start_node, own_postgres):
+    """While PostgreSQL is down, each role retries about once a second and otherwise sleeps:
+    a due poll or a dead connection's socket does not turn its loop at once."""
+    url = own_postgres.url_for(own_postgres.create_database())
+    app = make_app(node={"roles": ["gateway", "function", "worker", "scheduler"]})
+    node = start_node(app, url).wait_ready()
+    node.wait_for_event("leader.elected")
+    own_postgres.stop()
+    try:
+        for role in ("worker", "scheduler"):
+            node.wait_for_event(f"{role}.database_lost", timeout=10)
+        shares = cpu_shares(node_processes(node), 4.0)
+        assert not over(shares, 0.02), f"busy while the database is down: {over(shares, 0.02)}"
+    finally:
+        own_postgres.start()
+    node.wait_for_event("worker.database_back", timeout=20)

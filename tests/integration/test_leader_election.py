@@ -7,7 +7,7 @@ import uuid
 import psycopg
 import pytest
 
-from forge_node.leader import LEADER_CHANNEL, LeaderElection
+from forge_node.leader import CHECK_INTERVAL_SECS, LEADER_CHANNEL, LeaderElection
 from forge_node.migrations import Migrator, internal_migrations
 
 
@@ -60,6 +60,23 @@ def test_a_terminated_session_ends_the_leadership(election, db):
     first.try_acquire()
     db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                "WHERE application_name = 'forge-node test leader'")
-    assert not first.still_leader()
+    assert not first.still_leader(before_acting=True)
     assert not first.is_leader
     assert first.try_acquire()
+
+
+def test_the_lock_is_proved_once_a_second_and_before_acting(election, db, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("forge_node.leader.time.monotonic", lambda: clock[0])
+    first = election()
+    first.try_acquire()
+    db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+               "WHERE application_name = 'forge-node test leader'")
+    assert first.still_leader()  # proved at election, less than CHECK_INTERVAL_SECS ago
+    clock[0] += CHECK_INTERVAL_SECS
+    assert not first.still_leader()  # due: the round trip finds the session gone
+    assert first.try_acquire()
+    assert first.still_leader()
+    db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+               "WHERE application_name = 'forge-node test leader'")
+    assert not first.still_leader(before_acting=True)  # not due, but about to fire a tick

@@ -10,6 +10,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,8 +20,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from opentelemetry.sdk.resources import Resource
 
-from forge_node.observability.spans import OtlpHttpSender
+from forge_node.observability.spans import OtlpHttpSender, SpanShipper
 
 
 class Collector:
@@ -213,3 +215,24 @@ def test_bad_settings_fail_each_batch_and_never_the_process(endpoint, environ, c
         assert not sender.send(b"spans", 1)
     [record] = caplog.records
     assert complaint in record.getMessage()
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon"])
+def test_an_export_thread_with_a_bad_batch_setting_still_sleeps(collectors, caplog, value):
+    """A zero or negative delay or batch size would spin the export thread; the defaults
+    are used instead, and the bad value named."""
+    environ = {"OTEL_BSP_SCHEDULE_DELAY": value, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": value,
+               "OTEL_BSP_MAX_QUEUE_SIZE": value}
+    shipper = SpanShipper(OtlpHttpSender(start(collectors).url, 5.0, environ={}),
+                          Resource.create({}), "test", "0", environ=environ)
+    try:
+        before = time.process_time()
+        time.sleep(0.5)  # the window the export thread is measured over
+        assert time.process_time() - before < 0.05
+        assert (shipper.delay_secs, shipper.batch, shipper.queue.maxlen) == (5.0, 512, 2048)
+    finally:
+        shipper.shutdown()
+    warned = {r.getMessage().split("=")[0] for r in caplog.records
+              if getattr(r, "event", "") == "telemetry.bad_setting"}
+    assert warned == {"OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+                      "OTEL_BSP_MAX_QUEUE_SIZE"}

@@ -133,10 +133,10 @@ class SpanShipper:
         self.sender = sender
         self.resource = otlp_wire.resource(resource.attributes)
         self.scope = otlp_wire.scope(scope_name, scope_version)
-        self.delay_secs = int(environ.get("OTEL_BSP_SCHEDULE_DELAY", 5000)) / 1000
-        self.batch = int(environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
+        self.delay_secs = positive_setting(environ, "OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000
+        self.batch = positive_setting(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)
         self.queue: collections.deque[RecordedSpan] = collections.deque(
-            maxlen=int(environ.get("OTEL_BSP_MAX_QUEUE_SIZE", 2048)))
+            maxlen=positive_setting(environ, "OTEL_BSP_MAX_QUEUE_SIZE", 2048))
         self.dropped = 0
         self._wake = threading.Event()
         self._stopping = False
@@ -178,6 +178,24 @@ class SpanShipper:
         if self.dropped:
             self.sender.complain(f"dropped {self.dropped} spans: the collector does not keep up")
             self.dropped = 0
+
+
+def positive_setting(environ: Mapping[str, str], name: str, default: int) -> int:
+    """An OTEL_BSP_* delay or size. One that is not a positive integer is logged and the
+    default used, as the SDK would refuse it: a zero delay would spin the export thread,
+    and a zero batch would never empty the queue."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value > 0:
+        return value
+    log.warning("%s=%r is not a positive integer; using %d", name, raw, default,
+                extra={"event": "telemetry.bad_setting"})
+    return default
 
 
 class OtlpHttpSender:

@@ -60,19 +60,20 @@ class MonitorProcess(RoleProcess):
         # WSGIServer sets SO_REUSEADDR: a restarted monitor binds again at once
         server = make_server("0.0.0.0", self.ctx.config.gateway.port, app,
                              handler_class=_QuietHandler)
-        server.timeout = 0.5
+        server.timeout = 0  # handle_request() answers a waiting probe, never waits for one
         return server
 
     def readiness(self) -> tuple[bool, bool]:
         row = self.row.fetch()
         return row is not None, bool(row) and row[0] == "active"
 
-    def wait(self) -> None:
-        """Answer one probe (or time out), so the loop still ticks every half second."""
+    def run_once(self) -> None:
+        """Answer the probe that woke the loop, if any."""
         if self.server is not None:
             self.server.handle_request()
-        else:
-            super().wait()
+
+    def wake_fds(self) -> list[int]:
+        return [self.server.fileno()] if self.server is not None else []
 
     def shutdown(self) -> None:
         if self.server is not None:

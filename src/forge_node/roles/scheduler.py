@@ -2,8 +2,11 @@
 
 Each tick is claimed in the same transaction that enqueues its job (a row per cron and
 scheduled time in `forge_cron_ticks`), so a tick fires exactly once across the cluster,
-during a failover and when two leaders briefly overlap. A leader checks its lock session
-before every tick and stops leading at once when it is gone.
+during a failover and when two leaders briefly overlap. A leader proves its lock session
+about once a second and before every tick, and stops leading at once when it is gone.
+
+A scheduler sleeps until its next deadline: a leader until its next tick or leadership
+check, a standby until its next attempt or a NOTIFY that the leader stood down.
 
 When it becomes leader, a scheduler looks at the last tick each cron fired: ticks missed
 since then are run (the last `catch_up_limit` of them) for crons with `catch_up=True`, and
@@ -23,7 +26,7 @@ from .. import crons, db, jobs
 from ..app import CronSpec
 from ..leader import LEADER_CHANNEL, LeaderElection
 from ..listener import Listener
-from ..process import REPORT_INTERVAL_SECS, RoleProcess
+from ..process import RoleProcess
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +48,13 @@ class SchedulerProcess(RoleProcess):
 
     def run_once(self) -> None:
         self.read_notifications()
+        moment = now()
         if not self.election.is_leader:
             self.compete()
-        elif not self.election.still_leader():
+        elif not self.election.still_leader(before_acting=self.ticks_due(moment)):
             self.next_attempt = 0.0  # compete again at once
         else:
-            self.fire_due_ticks(now())
+            self.fire_due_ticks(moment)
 
     def database_lost(self) -> None:
         self.election.close()
@@ -102,6 +106,9 @@ class SchedulerProcess(RoleProcess):
         for tick in run:
             self.fire(cron, tick)
 
+    def ticks_due(self, moment: datetime.datetime) -> bool:
+        return any(tick <= moment for tick in self.next_fire.values())
+
     def fire_due_ticks(self, moment: datetime.datetime) -> None:
         for cron in self.crons:
             due = []
@@ -132,17 +139,18 @@ class SchedulerProcess(RoleProcess):
                  extra={"event": "cron.tick", "cron": cron.name, "job_id": job_id,
                         "scheduled_for": scheduled_for.isoformat()})
 
-    def wait(self) -> None:
-        if self.stopping:
-            return
-        if self.election.is_leader and self.next_fire:
+    def next_deadline(self) -> float:
+        """A leader's next tick or leadership check; a standby's next attempt."""
+        if not self.election.is_leader:
+            return self.next_attempt
+        deadline = self.election.next_check_at
+        if self.next_fire:
             until_tick = (min(self.next_fire.values()) - now()).total_seconds()
-            timeout = min(REPORT_INTERVAL_SECS, max(0.0, until_tick))
-        else:
-            timeout = min(REPORT_INTERVAL_SECS,
-                          max(0.0, self.next_attempt - time.monotonic()))
-        fd = self.listener.fileno()
-        self.waker.wait(timeout, [fd] if fd is not None else [])
+            deadline = min(deadline, time.monotonic() + until_tick)
+        return deadline
+
+    def wake_fds(self) -> list[int]:
+        return self.listener.fds()
 
     def shutdown(self) -> None:
         """Stand down so that a standby takes over at once."""

@@ -32,7 +32,7 @@ from ..jobpool import JobPool, Outcome, RunningJob
 from ..jobs import ANY_CAPABILITY, CANCEL_CHANNEL, NOTIFY_CHANNEL, ClaimedJob, WorkerQueue
 from ..listener import Listener
 from ..observability.logs import JOB_ID
-from ..process import REPORT_INTERVAL_SECS, RoleProcess
+from ..process import RoleProcess
 
 log = logging.getLogger(__name__)
 
@@ -215,16 +215,16 @@ class WorkerProcess(RoleProcess):
                 if len(claimed) < wants:
                     pool.queue_may_have_work = False
 
-    def wait(self) -> None:
-        """Until a NOTIFY, an outcome, the next poll or the nearest job deadline."""
-        if self.reported or self.stopping:
-            return
-        now = time.monotonic()
+    def next_deadline(self) -> float:
+        """Now when outcomes wait to be recorded; else the next poll or job deadline.
+        (A NOTIFY on the listener's socket wakes the worker earlier.)"""
+        if self.reported:
+            return 0.0
         deadlines = [r.deadline for p in self.pools for r in p.running() if r.deadline]
-        timeout = min([REPORT_INTERVAL_SECS, max(0.0, self.next_poll - now),
-                       *(max(0.0, d - now) for d in deadlines)])
-        fd = self.listener.fileno()
-        self.waker.wait(timeout, [fd] if fd is not None else [])
+        return min([self.next_poll, *deadlines])
+
+    def wake_fds(self) -> list[int]:
+        return self.listener.fds()
 
     # -- in a pool's thread ----------------------------------------------------------------
 
