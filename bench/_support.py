@@ -75,3 +75,28 @@ def stop(proc: subprocess.Popen, timeout_secs: float) -> None:
 def summary(samples: list[float]) -> str:
     return (f"median {statistics.median(samples):.3f} s, min {min(samples):.3f} s, "
             f"max {max(samples):.3f} s over {len(samples)} runs")
+
+
+def proc_table() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command name, user + system CPU seconds of all its threads)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # gone meanwhile
+        name = text[text.index("(") + 1:text.rindex(")")]
+        fields = text[text.rindex(")") + 2:].split()
+        table[int(stat.parent.name)] = (int(fields[1]), name,
+                                        (int(fields[11]) + int(fields[12])) / ticks)
+    return table
+
+
+def descendants(procs: dict[int, tuple[int, str, float]], root: int) -> set[int]:
+    found = {root} if root in procs else set()
+    while True:
+        more = {pid for pid, (ppid, _, _) in procs.items() if ppid in found} - found
+        if not more:
+            return found
+        found |= more

@@ -51,7 +51,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _support import free_port, fresh_database, postgres, stop
+from _support import descendants, free_port, fresh_database, postgres, proc_table, stop
 
 BENCH = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -303,31 +303,6 @@ class CpuMeter:
                                  [server.database]).fetchall()
         pids |= {pid for (pid,) in rows if pid in procs and procs[pid][1] == "postgres"}
         return sum(procs[pid][2] for pid in pids)
-
-
-def proc_table() -> dict[int, tuple[int, str, float]]:
-    """pid -> (parent pid, command name, user + system CPU seconds of all its threads)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    table = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue  # gone meanwhile
-        name = text[text.index("(") + 1:text.rindex(")")]
-        fields = text[text.rindex(")") + 2:].split()
-        table[int(stat.parent.name)] = (int(fields[1]), name,
-                                        (int(fields[11]) + int(fields[12])) / ticks)
-    return table
-
-
-def descendants(procs: dict[int, tuple[int, str, float]], root: int) -> set[int]:
-    found = {root} if root in procs else set()
-    while True:
-        more = {pid for pid, (ppid, _, _) in procs.items() if ppid in found} - found
-        if not more:
-            return found
-        found |= more
 
 
 def run_wrk(case: Case, tmp: Path, connections: int, seconds: float) -> Result:
