@@ -5,12 +5,14 @@
 
 bench/gateway.py measures whole servers under load, which on a shared machine swings by up to
 2x from one run to the next, and most of whose CPU is gunicorn's, the same for both servers.
-This one calls each WSGI app in-process, one request after another on one thread, and
-divides the CPU time of the calling process (every thread: span export included) by the
-requests: the steadiest view of what forge-node's middleware, auth, function runner and
-telemetry add. The cases, each in a fresh process of its own, alternating over the rounds:
+This one calls each ASGI app in-process, one request after another on one event loop, and
+divides the CPU time of the calling process (every thread: the function threads and span
+export included) by the requests: the steadiest view of what forge-node's middleware, auth,
+function runner and telemetry add. The cases, each in a fresh process of its own, alternating
+over the rounds:
 
-- bare: bench/gateway.py's bare falcon app (the same `SELECT 1` on a psycopg_pool);
+- bare: a bare falcon ASGI app of the same shape as forge-node's (the same `SELECT 1` on a
+  psycopg_pool, run on a thread pool as a `def` function is);
 - forge-node: the gateway's app as a gunicorn worker builds it (`create_app`), observability
   off;
 - forge-node observed: the same with traces (sampling 1.0), metrics and logs exported to a
@@ -22,13 +24,13 @@ Each figure is the median over the rounds, in microseconds of CPU per request, f
 `--paired` measures observability alone, more steadily still: both forge-node apps are built
 in one process and called in turn, 300 trivial queries at a time, `--rounds` times (say 40);
 it prints the median and quartiles of the pairs' differences, for the whole process and for
-the request thread alone (the rest is the span export and metrics threads).
+the event loop's thread alone (the rest is the function threads, span export and metrics).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import asyncio
 import json
 import os
 import statistics
@@ -42,7 +44,6 @@ from typing import Any
 
 from _support import free_port, fresh_database, postgres
 from gateway import (
-    BARE_APP,
     FORGE_APP,
     JWT_SECRET,
     OBSERVABILITY_ON,
@@ -57,6 +58,53 @@ CASES = ("bare", "forge-node", "forge-node observed")
 ROUTES = (("health", "GET", "/_api/health"), ("trivial query", "POST", "/_api/rpc/trivial"))
 WARMUP_REQUESTS = 300
 PAIRED_REQUESTS = 300
+
+BARE_ASGI_APP = '''
+import asyncio
+import concurrent.futures
+import json
+import os
+import uuid
+
+import falcon
+import falcon.asgi
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+threads = concurrent.futures.ThreadPoolExecutor(int(os.environ["BARE_THREADS"]))
+_pool = ConnectionPool(os.environ["DATABASE_URL"], min_size=1,
+                       max_size=int(os.environ["BARE_THREADS"]),
+                       kwargs={"row_factory": dict_row}, open=True)
+
+
+def pool():
+    return _pool
+
+
+def select_one():
+    with _pool.connection() as conn:
+        return conn.execute("SELECT 1 AS one").fetchone()
+
+
+class Health:
+    async def on_get(self, req, resp):
+        resp.media = {"status": "healthy", "version": "0.1.0"}
+
+
+class Trivial:
+    async def on_post(self, req, resp):
+        body = json.loads(await req.stream.read() or b"{}")
+        body.get("args")
+        row = await asyncio.get_running_loop().run_in_executor(threads, select_one)
+        resp.content_type = falcon.MEDIA_JSON
+        resp.text = json.dumps({"success": True, "data": row, "request_id": str(uuid.uuid4())},
+                               separators=(",", ":"))
+
+
+app = falcon.asgi.App()
+app.add_route("/_api/health", Health())
+app.add_route("/_api/rpc/trivial", Trivial())
+'''
 
 FORGE_TOML = """\
 [project]
@@ -188,9 +236,9 @@ def report_paired(figures: dict[str, list[float]], rounds: int) -> None:
 
 
 def build_app(case: str, tmp: Path, sink: str):
-    """The WSGI app and what closes it."""
+    """The ASGI app and what closes it."""
     if case == "bare":
-        (tmp / "bare.py").write_text(BARE_APP)
+        (tmp / "bare.py").write_text(BARE_ASGI_APP)
         sys.path.insert(0, str(tmp))
         import bare
         return bare.app, lambda: bare.pool().close()
@@ -220,22 +268,33 @@ def build_app(case: str, tmp: Path, sink: str):
 
 
 def call(app, method: str, path: str, requests: int) -> None:
+    """`requests` requests, one after another, on one event loop (as a uvicorn worker's)."""
     body = RPC_BODY.encode() if method == "POST" else b""
-    statuses: list[str] = []
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 40000),
+             "server": ("127.0.0.1", 8080),
+             "headers": [(b"host", b"127.0.0.1:8080"), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())]}
+    statuses: list[int] = []
 
-    def start_response(status: str, headers: list, exc_info: object = None) -> None:
-        statuses.append(status)
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
 
-    for _ in range(requests):
-        environ = {
-            "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "",
-            "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8080", "SERVER_PROTOCOL": "HTTP/1.1",
-            "HTTP_HOST": "127.0.0.1:8080", "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
-            "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body)),
-            "CONTENT_TYPE": "application/json"}
-        b"".join(app(environ, start_response))
-        if not statuses[-1].startswith("200"):
-            raise RuntimeError(f"{method} {path} answered {statuses[-1]}")
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    async def run() -> None:
+        for _ in range(requests):
+            await app(dict(scope), receive, send)
+            if statuses[-1] != 200:
+                raise RuntimeError(f"{method} {path} answered {statuses[-1]}")
+
+    LOOP.run_until_complete(run())
+
+
+LOOP = asyncio.new_event_loop()  # one for the process: the apps' async pools live on it
 
 
 def report(rounds: list[dict[str, dict[str, float]]], args: argparse.Namespace) -> None:

@@ -37,6 +37,10 @@ class FunctionSpec:
     roles: tuple[str, ...] = ()
     timeout_secs: float | None = None
 
+    @functools.cached_property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.handler)
+
 
 @dataclass(frozen=True)
 class JobSpec:

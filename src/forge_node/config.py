@@ -88,6 +88,9 @@ class GatewayConfig:
     quiet_routes: tuple[str, ...] = ("/_api/health", "/_api/ready")
     static_dir: str | None = None
     max_body_bytes: int = 1024 * 1024
+    keepalive_secs: int = 75
+    header_timeout_secs: float = 10
+    max_connections: int = 10_000
 
     def problems(self) -> list[str]:
         found = []
@@ -96,6 +99,9 @@ class GatewayConfig:
         found += _at_least(self.workers, 1, "gateway.workers")
         found += _at_least(self.threads, 1, "gateway.threads")
         found += _at_least(self.max_body_bytes, 1, "gateway.max_body_bytes")
+        found += _at_least(self.keepalive_secs, 1, "gateway.keepalive_secs")
+        found += _positive(self.header_timeout_secs, "gateway.header_timeout_secs")
+        found += _at_least(self.max_connections, 1, "gateway.max_connections")
         for origin in self.cors_origins:
             if origin != "*" and not _ORIGIN.match(origin):
                 found.append(f'gateway.cors_origins: "{origin}" is not an origin like '

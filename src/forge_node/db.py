@@ -8,10 +8,10 @@ PostgreSQL restart costs one failed check instead of one failed request.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from .errors import DatabaseUnavailable
 
@@ -76,6 +76,36 @@ class _StampingPool(ConnectionPool):
     def putconn(self, conn: psycopg.Connection) -> None:
         conn._forge_used_at = time.monotonic()
         super().putconn(conn)
+
+
+def create_async_pool(url: str, purpose: str, *, max_size: int,
+                      statement_timeout_secs: float | None = None,
+                      configure: Callable[[psycopg.AsyncConnection], Awaitable[None]] | None
+                      = None) -> AsyncConnectionPool:
+    """create_pool for `async def` code: opened by its first user, inside the event loop,
+    with no connection until one is asked for."""
+    return _StampingAsyncPool(
+        url,
+        min_size=0,
+        max_size=max_size,
+        kwargs=connection_kwargs(purpose, statement_timeout_secs),
+        check=check_if_idle_async,
+        configure=configure,
+        open=False,
+        name=f"{purpose} async",
+    )
+
+
+class _StampingAsyncPool(AsyncConnectionPool):
+    async def putconn(self, conn: psycopg.AsyncConnection) -> None:
+        conn._forge_used_at = time.monotonic()
+        await super().putconn(conn)
+
+
+async def check_if_idle_async(conn: psycopg.AsyncConnection) -> None:
+    """check_if_idle for an async pool."""
+    if time.monotonic() - getattr(conn, "_forge_used_at", 0.0) > IDLE_CHECK_SECS:
+        await AsyncConnectionPool.check_connection(conn)
 
 
 def check_if_idle(conn: psycopg.Connection) -> None:

@@ -66,13 +66,33 @@ def enqueue(conn: psycopg.Connection, name: str, args: dict[str, Any] | None = N
 
     An `idempotency_key` already used by an unfinished job returns that job's id instead.
     """
-    spec = job_spec(name)
-    params = _job_params(spec, run_at, delay_secs, priority)
-    params.update(args=Jsonb(_json_object(args)), idempotency_key=idempotency_key)
+    params = _insert_params(name, args, run_at, delay_secs, priority, idempotency_key)
     row = conn.execute(Q.insert_job, params).fetchone()
     if row is None:  # the key names an unfinished job
         row = conn.execute(Q.find_job_by_key, {"idempotency_key": idempotency_key}).fetchone()
     return row[0]
+
+
+async def enqueue_async(conn: psycopg.AsyncConnection, name: str,
+                        args: dict[str, Any] | None = None, *,
+                        run_at: datetime.datetime | None = None,
+                        delay_secs: float | None = None, priority: int | None = None,
+                        idempotency_key: str | None = None) -> int:
+    """`enqueue` on an async connection (an `async def` function's ctx.db)."""
+    params = _insert_params(name, args, run_at, delay_secs, priority, idempotency_key)
+    row = await (await conn.execute(Q.insert_job, params)).fetchone()
+    if row is None:  # the key names an unfinished job
+        cursor = await conn.execute(Q.find_job_by_key, {"idempotency_key": idempotency_key})
+        row = await cursor.fetchone()
+    return row[0]
+
+
+def _insert_params(name: str, args: dict[str, Any] | None, run_at: datetime.datetime | None,
+                   delay_secs: float | None, priority: int | None,
+                   idempotency_key: str | None) -> dict[str, Any]:
+    params = _job_params(job_spec(name), run_at, delay_secs, priority)
+    params.update(args=Jsonb(_json_object(args)), idempotency_key=idempotency_key)
+    return params
 
 
 def enqueue_many(conn: psycopg.Connection, name: str, args_list: Iterable[dict[str, Any]], *,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import signal
 import time
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 CHILD_SILENCE_LIMIT_SECS = 30.0   # a child that stops reporting for this long is killed
 STABLE_AFTER_SECS = 30.0          # a child that lived this long restarts without backoff
 MAX_SLEEP_SECS = 1.0
+OPEN_FILES_MARGIN = 256           # a gateway worker's files besides its connections
+MAX_OPEN_FILES = 1 << 20          # fs.nr_open's default, when the hard limit is unlimited
 
 RUNNING, DRAINING, FORCED = "running", "draining", "forced"
 STOPPED_LAST = frozenset({"monitor"})
@@ -120,6 +123,7 @@ class Supervisor:
     def boot(self) -> None:
         setproctitle.setproctitle("forge-node: supervisor")
         linux.adopt_orphans()
+        raise_open_files_limit(self.open_files_needed())
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
                        signal.SIGHUP):
             signal.signal(signum, self._record_signal)
@@ -338,6 +342,12 @@ class Supervisor:
             if exc.errno != errno.ESRCH:
                 raise
 
+    def open_files_needed(self) -> int:
+        """A gateway worker's connections, and a margin for its pools, logs and pipes."""
+        if "gateway" not in self.config.node.roles:
+            return 0
+        return self.config.gateway.max_connections + OPEN_FILES_MARGIN
+
     # -- the node's status -----------------------------------------------------------------
 
     def node_status(self) -> str:
@@ -378,6 +388,28 @@ class Supervisor:
         except Exception as exc:  # the node is stopping anyway; the reaper will mark it dead
             log.warning("could not remove this node from the registry: %s", db.first_line(exc),
                         extra={"event": "node.deregister_failed"})
+
+
+def raise_open_files_limit(needed: int) -> None:
+    """Every open connection is a file, and the soft limit is often 1,024: take the hard
+    limit, for this process and the children it forks; say so when that is below `needed`."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("open files limit raised from %d to %d", soft, target,
+                     extra={"event": "node.open_files_limit", "open_files": target})
+            soft = target
+        except (OSError, ValueError) as exc:
+            log.warning("could not raise the open files limit from %d: %s", soft, exc,
+                        extra={"event": "node.open_files_limit", "open_files": soft})
+    if soft < needed:
+        log.warning("the open files limit (%d) is below the %d that [gateway] max_connections "
+                    "needs: raise it (LimitNOFILE= in systemd, ulimit -n) or lower "
+                    "max_connections", soft, needed,
+                    extra={"event": "node.open_files_too_low", "open_files": soft,
+                           "needed": needed})
 
 
 def _describe_exit(status: int) -> str:

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from tests.plugins.gateway import bearer, hs256_token
+from tests.plugins.gateway import bearer, error_of, hs256_token
 
 NOTES = {"0001_notes.sql": """
     CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL,
@@ -74,12 +74,6 @@ def echo(ctx, args):
 @pytest.fixture
 def gw(gateway):
     return gateway(MODULE, migrations=NOTES)
-
-
-def error_of(result):
-    body = result.json
-    assert body["success"] is False and body["request_id"] == result.headers["x-request-id"]
-    return result.status_code, body["error"]["code"]
 
 
 def test_a_mutation_commits_and_a_query_reads_rows_as_objects(gw):

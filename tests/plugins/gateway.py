@@ -33,6 +33,13 @@ def hs256_token(claims: dict[str, Any] | None = None, secret: str = SECRET,
     return jwt.encode({"alg": "HS256"}, payload, OctKey.import_key(secret))
 
 
+def error_of(result: falcon.testing.Result) -> tuple[int, str]:
+    """(status, code) of a JSON error answer, after checking its envelope."""
+    body = result.json
+    assert body["success"] is False and body["request_id"] == result.headers["x-request-id"]
+    return result.status_code, body["error"]["code"]
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -53,8 +60,8 @@ class Gateway:
         return self.client.simulate_post(f"/_api/rpc/{name}", json=body, **kwargs)
 
     def close(self) -> None:
-        if self.deps.runner is not None:
-            self.deps.runner.close()
+        if self.deps.runner is not None:  # in the loop the TestClient runs the app on
+            falcon.async_to_sync(self.deps.runner.aclose)
 
 
 @pytest.fixture

@@ -1,1 +1,1 @@
-"""The gateway's falcon WSGI app."""
+"""The gateway's falcon ASGI app."""

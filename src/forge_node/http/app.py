@@ -1,4 +1,4 @@
-"""create_app(): the falcon WSGI app each gunicorn worker builds after it is forked.
+"""create_app(): the falcon ASGI app each gunicorn (uvicorn) worker builds after it is forked.
 
     /_api/health          liveness, no database
     /_api/ready           readiness: the database answers and the node is not draining
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import falcon
+import falcon.asgi
 
 from ..app import AppRegistry
 from ..auth import TokenVerifier
@@ -21,7 +22,7 @@ from ..observability.otel import Telemetry
 from . import errors
 from .errors import NOT_FOUND, ApiError
 from .functions import FunctionRunner
-from .middleware import CorsMiddleware, RequestMiddleware
+from .middleware import ConnectionLimitMiddleware, CorsMiddleware, RequestMiddleware
 from .resources.frontend import FrontendSink
 from .resources.health import DatabaseProbe, HealthResource, ReadyResource
 from .resources.rpc import RpcResource
@@ -52,7 +53,7 @@ class GatewayDeps:
             runner = FunctionRunner.for_urls(
                 database_url,
                 config.database.replica_urls if config.database.read_from_replica else (),
-                max_size=min(config.database.pool_size, config.gateway.threads),
+                pool_size=config.database.pool_size,
                 statement_timeout_secs=config.database.statement_timeout_secs,
                 threads=config.gateway.threads, purpose=purpose, telemetry=telemetry)
             runner.open()
@@ -64,14 +65,15 @@ class GatewayDeps:
         return self.database.fetch() is not None, not self.drain.draining
 
 
-def create_app(deps: GatewayDeps) -> falcon.App:
+def create_app(deps: GatewayDeps) -> falcon.asgi.App:
     gateway = deps.config.gateway
-    app = falcon.App(middleware=[RequestMiddleware(deps.telemetry, gateway.quiet_routes),
-                                 CorsMiddleware(gateway.cors_origins)])
+    app = falcon.asgi.App(middleware=[RequestMiddleware(deps.telemetry, gateway.quiet_routes),
+                                      CorsMiddleware(gateway.cors_origins),
+                                      ConnectionLimitMiddleware()])
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
-    app.add_route("/_api/health", HealthResource())
-    app.add_route("/_api/ready", ReadyResource(deps.readiness))
+    app.add_route("/_api/health", HealthResource(), suffix="async")
+    app.add_route("/_api/ready", ReadyResource(deps.readiness), suffix="async")
     app.add_route("/_api/rpc/{name}", RpcResource(deps.registry, deps.runner, deps.verifier,
                                                   gateway.max_body_bytes))
     app.add_sink(FrontendSink(static_root(deps.config)), "/")
@@ -87,5 +89,5 @@ def static_root(config: Config) -> Path | None:
     return default if default.is_dir() else None
 
 
-def _api_not_found(req: falcon.Request, resp: falcon.Response, **kwargs: str) -> None:
+async def _api_not_found(req: falcon.Request, resp: falcon.Response, **kwargs: str) -> None:
     raise ApiError(404, NOT_FOUND, f"no API route {req.method} {req.path}")

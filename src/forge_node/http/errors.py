@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 import falcon
+import falcon.asgi
 
 from ..encoding import dumps
 
@@ -50,13 +51,13 @@ def write_error(req: falcon.Request, resp: falcon.Response, status: int, code: s
                        "request_id": req.context.get("request_id")})
 
 
-def install(app: falcon.App) -> None:
+def install(app: falcon.asgi.App) -> None:
     """Route every error falcon or a resource raises to one JSON shape."""
 
-    def handle_api_error(req, resp, exc: ApiError, params) -> None:
+    async def handle_api_error(req, resp, exc: ApiError, params) -> None:
         write_error(req, resp, exc.status, exc.code, exc.message)
 
-    def handle_http_error(req, resp, exc: falcon.HTTPError, params) -> None:
+    async def handle_http_error(req, resp, exc: falcon.HTTPError, params) -> None:
         status = exc.status_code
         code = _CODE_OF_STATUS.get(status, INTERNAL_ERROR if status >= 500 else INVALID_ARGUMENT)
         message = exc.description or exc.title or code.lower()
@@ -66,7 +67,7 @@ def install(app: falcon.App) -> None:
         for name, value in (exc.headers or {}).items():
             resp.set_header(name, value)
 
-    def handle_unexpected(req, resp, exc: Exception, params) -> None:
+    async def handle_unexpected(req, resp, exc: Exception, params) -> None:
         log.error("request %s failed: %s", req.context.get("request_id"), exc, exc_info=exc,
                   extra={"event": "http.internal_error",
                          "request_id": req.context.get("request_id")})

@@ -2,20 +2,30 @@
 
 A query runs in a read-only transaction (on a replica when `read_from_replica` is on), a
 mutation in one read-write transaction that commits when the function returns and rolls
-back when it raises. `timeout_secs` bounds the database work with a transaction-local
-`statement_timeout`; the function itself then runs on a helper thread so the client gets
-504 at the deadline: its statement is cancelled, and whatever it does afterwards is rolled
-back. (Python cannot stop a thread; a function stuck in pure Python keeps its thread and its
-connection until it returns.)
+back when it raises. The connection is taken from the pool when the function first uses
+`ctx.db`: a function that never does takes none.
+
+A `def` function runs on this worker's bounded thread pool (`[gateway] threads`) with the
+synchronous pool, so a function that blocks, in the database or in pure Python, never
+stalls the event loop. An `async def` function runs on the event loop with an async pool.
+
+`timeout_secs` bounds the database work with a transaction-local `statement_timeout`, and
+the client gets 504 at the deadline: the running statement is cancelled on the server, and
+whatever the function does afterwards is rolled back. (Python cannot stop a thread: a `def`
+function stuck in pure Python keeps its thread, and its connection, until it returns.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
+import functools
 import logging
 import random
 import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
@@ -23,11 +33,11 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from psycopg.rows import namedtuple_row
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from .. import db
 from ..app import FunctionSpec
-from ..context import FunctionContext
+from ..context import AsyncFunctionContext, FunctionContext
 from ..errors import Error
 from ..observability.otel import Telemetry
 from .errors import INTERNAL_ERROR, SERVICE_UNAVAILABLE, TIMEOUT, ApiError
@@ -38,46 +48,61 @@ POOL_WAIT_SECS = 5.0
 
 
 class FunctionRunner:
-    def __init__(self, primary: ConnectionPool, replicas: list[ConnectionPool],
+    def __init__(self, pools: list[ConnectionPool], async_pools: list[AsyncConnectionPool],
                  threads: int, telemetry: Telemetry) -> None:
-        self.primary = primary
-        self.replicas = replicas
+        """`pools` and `async_pools`: the primary first, then the replicas."""
+        self.pools = pools
+        self.async_pools = async_pools
         self.telemetry = telemetry
         self.metrics = telemetry.metrics
-        self._timeout_threads = concurrent.futures.ThreadPoolExecutor(
-            max_workers=threads, thread_name_prefix="fn-timeout")
+        self.threads = concurrent.futures.ThreadPoolExecutor(max_workers=threads,
+                                                             thread_name_prefix="fn")
+        self._async_opened = False
 
     @classmethod
-    def for_urls(cls, url: str, replica_urls: tuple[str, ...], *, max_size: int,
+    def for_urls(cls, url: str, replica_urls: tuple[str, ...], *, pool_size: int,
                  statement_timeout_secs: float, threads: int, purpose: str,
                  telemetry: Telemetry) -> FunctionRunner:
-        def pool(target: str, name: str) -> ConnectionPool:
-            return db.create_pool(target, name, max_size=max_size,
-                                  statement_timeout_secs=statement_timeout_secs,
-                                  configure=_configure_connection)
-
-        replicas = [pool(u, f"{purpose} replica") for u in replica_urls]
-        return cls(pool(url, purpose), replicas, threads, telemetry)
+        """A `def` function holds at most one connection of a thread; `async def` functions
+        share up to `pool_size`."""
+        targets = [(url, purpose), *((u, f"{purpose} replica") for u in replica_urls)]
+        pools = [db.create_pool(target, name, max_size=min(pool_size, threads),
+                                statement_timeout_secs=statement_timeout_secs,
+                                configure=_configure_connection) for target, name in targets]
+        async_pools = [db.create_async_pool(target, name, max_size=pool_size,
+                                            statement_timeout_secs=statement_timeout_secs,
+                                            configure=_configure_async_connection)
+                       for target, name in targets]
+        return cls(pools, async_pools, threads, telemetry)
 
     def open(self) -> None:
-        for pool in (self.primary, *self.replicas):
+        """Open the synchronous pools; the async ones open inside the event loop, on first use."""
+        for pool in self.pools:
             pool.open(wait=False)
 
     def close(self) -> None:
-        self._timeout_threads.shutdown(wait=False, cancel_futures=True)
-        for pool in (self.primary, *self.replicas):
+        self.threads.shutdown(wait=False, cancel_futures=True)
+        for pool in self.pools:
             pool.close(timeout=1)
 
-    def run(self, spec: FunctionSpec, args: dict, auth: dict | None, request_id: str) -> Any:
+    async def aclose(self) -> None:
+        """close(), and the async pools, from inside the loop that opened them."""
+        self.close()
+        if self._async_opened:
+            for pool in self.async_pools:
+                await pool.close(timeout=1)
+
+    async def run(self, spec: FunctionSpec, args: dict, auth: dict | None,
+                  request_id: str) -> Any:
         """Run the function in its `fn.execute` span; record its outcome as a metric."""
         if not self.telemetry.tracing:
             # without traces exported, the request's own ids are all a function's logs need
-            return self._counted(spec, args, auth, request_id, None)
+            return await self._counted(spec, args, auth, request_id, None)
         span = self.telemetry.start_span(
             "fn.execute", attributes={"fn.name": spec.name, "fn.kind": spec.kind})
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            return self._counted(spec, args, auth, request_id, span)
+            return await self._counted(spec, args, auth, request_id, span)
         except Exception as exc:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
@@ -86,11 +111,13 @@ class FunctionRunner:
             otel_context.detach(token)
             span.end()
 
-    def _counted(self, spec: FunctionSpec, args: dict, auth: dict | None, request_id: str,
-                 span: trace.Span | None) -> Any:
+    async def _counted(self, spec: FunctionSpec, args: dict, auth: dict | None,
+                       request_id: str, span: trace.Span | None) -> Any:
         outcome = "error"
         try:
-            result = self._run(spec, args, auth, request_id)
+            runs = self._run_async if spec.is_async else self._run_in_thread
+            result = await _mapping_database_errors(spec, request_id, runs(spec, args, auth,
+                                                                            request_id))
             outcome = "ok"
             return result
         except ApiError as exc:
@@ -102,60 +129,119 @@ class FunctionRunner:
                 span.set_attribute("fn.outcome", outcome)
             self.metrics.function_run(spec.name, spec.kind, outcome)
 
-    def _run(self, spec: FunctionSpec, args: dict, auth: dict | None, request_id: str) -> Any:
-        if spec.timeout_secs is None:
-            return self._execute(spec, args, auth, request_id, None, _Holder())
-        holder = _Holder()
-        deadline = time.monotonic() + spec.timeout_secs
-        # the helper thread runs in this request's context: its span, its log fields
-        future = self._timeout_threads.submit(contextvars.copy_context().run, self._execute,
-                                              spec, args, auth, request_id, deadline, holder)
-        try:
-            return future.result(timeout=spec.timeout_secs)
-        except concurrent.futures.TimeoutError:
-            holder.cancel()
-            raise _timed_out(spec) from None
+    # -- def functions: on the thread pool ---------------------------------------------------
 
-    def _execute(self, spec: FunctionSpec, args: dict, auth: dict | None, request_id: str,
-                 deadline: float | None, holder: _Holder) -> Any:
-        try:
-            # The pool's block is the transaction: it commits when the block ends normally
-            # and rolls back when it raises (an explicit conn.transaction() costs a round trip)
-            with self._pool_for(spec).connection(timeout=POOL_WAIT_SECS) as conn:
-                holder.conn = conn
+    async def _run_in_thread(self, spec: FunctionSpec, args: dict, auth: dict | None,
+                             request_id: str) -> Any:
+        statement = _Statement()
+        deadline = None if spec.timeout_secs is None else time.monotonic() + spec.timeout_secs
+        ctx = FunctionContext(functools.partial(self._checkout, spec, statement), auth,
+                              request_id)
+        # the thread runs in this request's context: its span, its log fields
+        call = functools.partial(contextvars.copy_context().run, _call, spec, ctx, args,
+                                 deadline)
+        future = asyncio.get_running_loop().run_in_executor(self.threads, call)
+        if deadline is None:
+            return await future
+        done, _ = await asyncio.wait({future}, timeout=spec.timeout_secs)
+        if done:
+            return future.result()
+        future.add_done_callback(_forget)  # its late outcome is rolled back and thrown away
+        await asyncio.to_thread(statement.cancel)
+        raise _timed_out(spec)
+
+    @contextlib.contextmanager
+    def _checkout(self, spec: FunctionSpec, statement: _Statement) -> Iterator[psycopg.Connection]:
+        # The pool's block is the transaction: it commits when the block ends normally and
+        # rolls back when it raises (an explicit conn.transaction() costs a round trip)
+        with _pick(self.pools, spec).connection(timeout=POOL_WAIT_SECS) as conn:
+            statement.conn = conn
+            try:
                 read_only = spec.kind == "query"
                 if conn.read_only != read_only:  # BEGIN READ ONLY, with the first query
                     conn.read_only = read_only
-                self._prepare(conn, spec)
-                result = spec.handler(FunctionContext(conn, auth, request_id), args)
-                if deadline is not None and time.monotonic() > deadline:
-                    raise _timed_out(spec)  # too late: roll its work back
-                return result
-        except psycopg.errors.QueryCanceled:
-            raise _timed_out(spec) from None
-        except PoolTimeout:
-            raise ApiError(503, SERVICE_UNAVAILABLE, "the database is not available") from None
-        except psycopg.OperationalError as exc:
-            log.warning("function %s lost the database: %s", spec.name, db.first_line(exc),
-                        extra={"event": "fn.database_unavailable", "request_id": request_id})
-            raise ApiError(503, SERVICE_UNAVAILABLE, "the database is not available") from None
-        finally:
-            holder.conn = None
+                if spec.timeout_secs is not None:
+                    conn.execute(_SET_TIMEOUT, [_timeout_ms(spec)])
+                yield conn
+            finally:
+                statement.conn = None
 
-    def _pool_for(self, spec: FunctionSpec) -> ConnectionPool:
-        if spec.kind == "query" and self.replicas:
-            return random.choice(self.replicas)
-        return self.primary
+    # -- async def functions: on the event loop ---------------------------------------------
 
-    @staticmethod
-    def _prepare(conn: psycopg.Connection, spec: FunctionSpec) -> None:
-        if spec.timeout_secs is not None:
-            conn.execute("SELECT set_config('statement_timeout', %s, true)",
-                         [str(int(spec.timeout_secs * 1000))])
+    async def _run_async(self, spec: FunctionSpec, args: dict, auth: dict | None,
+                         request_id: str) -> Any:
+        ctx = AsyncFunctionContext(functools.partial(self._checkout_async, spec), auth,
+                                   request_id)
+        try:
+            try:
+                result = await asyncio.wait_for(spec.handler(ctx, args), spec.timeout_secs)
+            except TimeoutError:
+                raise _timed_out(spec) from None
+        except BaseException as exc:
+            await ctx.db.finish(exc)
+            raise
+        await ctx.db.finish(None)
+        return result
+
+    @contextlib.asynccontextmanager
+    async def _checkout_async(self, spec: FunctionSpec) -> AsyncIterator[psycopg.AsyncConnection]:
+        if not self._async_opened:
+            self._async_opened = True
+            for pool in self.async_pools:
+                await pool.open(wait=False)
+        async with _pick(self.async_pools, spec).connection(timeout=POOL_WAIT_SECS) as conn:
+            read_only = spec.kind == "query"
+            if conn.read_only != read_only:
+                await conn.set_read_only(read_only)
+            if spec.timeout_secs is not None:
+                await conn.execute(_SET_TIMEOUT, [_timeout_ms(spec)])
+            yield conn
 
 
-class _Holder:
-    """The connection a timed function is using, so the waiting thread can cancel its query."""
+def _call(spec: FunctionSpec, ctx: FunctionContext, args: dict, deadline: float | None) -> Any:
+    """A `def` function in its thread; its transaction ends with it."""
+    try:
+        result = spec.handler(ctx, args)
+        if deadline is not None and time.monotonic() > deadline:
+            raise _timed_out(spec)  # too late: roll its work back
+    except BaseException as exc:
+        ctx.finish(exc)
+        raise
+    ctx.finish(None)
+    return result
+
+
+async def _mapping_database_errors(spec: FunctionSpec, request_id: str, running: Any) -> Any:
+    """The function's result; a cancelled statement is its timeout, a database that cannot
+    be reached is 503."""
+    try:
+        return await running
+    except psycopg.errors.QueryCanceled:
+        raise _timed_out(spec) from None
+    except PoolTimeout:
+        raise ApiError(503, SERVICE_UNAVAILABLE, "the database is not available") from None
+    except psycopg.OperationalError as exc:
+        log.warning("function %s lost the database: %s", spec.name, db.first_line(exc),
+                    extra={"event": "fn.database_unavailable", "request_id": request_id})
+        raise ApiError(503, SERVICE_UNAVAILABLE, "the database is not available") from None
+
+
+def _pick(pools: list, spec: FunctionSpec) -> Any:
+    """The primary, or a replica for a query when there are replicas."""
+    if spec.kind == "query" and len(pools) > 1:
+        return random.choice(pools[1:])
+    return pools[0]
+
+
+_SET_TIMEOUT = "SELECT set_config('statement_timeout', %s, true)"
+
+
+def _timeout_ms(spec: FunctionSpec) -> str:
+    return str(int(spec.timeout_secs * 1000))
+
+
+class _Statement:
+    """The connection a timed `def` function is using, so the loop can cancel its query."""
 
     conn: psycopg.Connection | None = None
 
@@ -168,8 +254,18 @@ class _Holder:
                 pass
 
 
+def _forget(future: asyncio.Future) -> None:
+    """Read a timed-out call's late outcome, so asyncio does not log it as unretrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _configure_connection(conn: psycopg.Connection) -> None:
     conn.row_factory = namedtuple_row  # rows answer to row[0] and row.name alike
+
+
+async def _configure_async_connection(conn: psycopg.AsyncConnection) -> None:
+    conn.row_factory = namedtuple_row
 
 
 def _timed_out(spec: FunctionSpec) -> ApiError:

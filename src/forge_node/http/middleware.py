@@ -1,4 +1,5 @@
-"""Middleware, in the order falcon runs it: the request's ids and telemetry, then CORS.
+"""Middleware, in the order falcon runs it: the request's ids and telemetry, CORS, then the
+connection limit.
 
 `RequestMiddleware` is the one place where a request becomes observable: its request id,
 its `http.request` span (joining an inbound `traceparent`), the x-request-id / x-trace-id /
@@ -19,6 +20,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from ..observability.logs import REQUEST_ID
 from ..observability.otel import Telemetry, unrecorded_span
 from . import correlation
+from .connections import OVER_LIMIT
+from .errors import SERVICE_UNAVAILABLE, ApiError
 
 access_log = logging.getLogger("forge_node.access")
 
@@ -34,7 +37,7 @@ class RequestMiddleware:
         self.metrics = telemetry.metrics
         self.quiet_routes = frozenset(quiet_routes)
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         ctx = req.context
         ctx.started = time.perf_counter()
         ctx.request_id = correlation.request_id_from(req.get_header("x-request-id"))
@@ -56,7 +59,7 @@ class RequestMiddleware:
         ctx.tokens = (otel_context.attach(trace.set_span_in_context(span, parent)),
                       REQUEST_ID.set(ctx.request_id))
 
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
+    async def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
                          req_succeeded: bool) -> None:
         ctx = req.context
         resp.set_header("x-request-id", ctx.request_id)
@@ -95,7 +98,7 @@ class CorsMiddleware:
         self.any_origin = origins == ("*",)
         self.origins = frozenset(origins)
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.preflight = preflight = (
             req.method == "OPTIONS"
             and req.get_header("access-control-request-method") is not None)
@@ -103,7 +106,7 @@ class CorsMiddleware:
             resp.status = falcon.HTTP_204
             resp.complete = True  # answered here, whatever the path
 
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
+    async def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
                          req_succeeded: bool) -> None:
         origin = req.get_header("origin")
         if not origin or not (self.any_origin or origin in self.origins):
@@ -120,6 +123,19 @@ class CorsMiddleware:
             resp.set_header("access-control-allow-headers",
                             req.get_header("access-control-request-headers") or PREFLIGHT_HEADERS)
             resp.set_header("access-control-max-age", PREFLIGHT_MAX_AGE_SECS)
+
+
+class ConnectionLimitMiddleware:
+    """Past the worker's `max_connections` (the protocol marks the request), answer 503 and
+    close the connection; health and readiness still answer, so probes see the truth."""
+
+    PROBES = frozenset({"/_api/health", "/_api/ready"})
+
+    async def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if req.scope.get(OVER_LIMIT) and req.path not in self.PROBES:
+            resp.set_header("connection", "close")
+            raise ApiError(503, SERVICE_UNAVAILABLE,
+                           "this gateway worker is at its connection limit; try again")
 
 
 def route_of(req: falcon.Request) -> str:

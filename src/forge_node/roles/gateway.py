@@ -1,5 +1,5 @@
-"""The gateway role: a gunicorn master (embedded through its application API) whose gthread
-workers serve the falcon app.
+"""The gateway role: a gunicorn master (embedded through its application API) whose uvicorn
+workers (uvloop, httptools) serve the falcon ASGI app.
 
 Every gunicorn setting is set here explicitly: gunicorn otherwise reads PORT,
 WEB_CONCURRENCY and FORWARDED_ALLOW_IPS from the environment, and opens a control socket.
@@ -11,15 +11,23 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+import time
+from typing import Any, ClassVar
 
 import setproctitle
+import uvicorn
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.base import Worker
+from uvicorn_worker import UvicornWorker
 
+from .. import linux
 from ..errors import EXIT_CONFIG
 from ..http.app import DrainFlag, GatewayDeps, create_app
+from ..http.connections import GatewayHttpProtocol
 from ..observability.otel import Telemetry
 from ..process import READY, RoleProcess
 
@@ -60,12 +68,62 @@ class GatewayArbiter(Arbiter):
         return super().wait_for_signals(timeout)
 
 
-class GatewayWorker(ThreadWorker):
-    """gunicorn's gthread worker; readiness turns 503 the moment it is told to stop."""
+class GatewayWorker(UvicornWorker):
+    """A uvicorn worker under gunicorn's master. uvicorn's own messages go through
+    forge-node's log lines; access logs are forge-node's (uvicorn's are off)."""
+
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
+        "loop": "uvloop", "lifespan": "off", "access_log": False, "server_header": False,
+        "proxy_headers": False}  # http: GatewayHttpProtocol (httptools), set in __init__
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        logger = logging.getLogger("uvicorn.error")
+        logger.handlers.clear()
+        logger.propagate = True
+        gateway = self.app.process.ctx.config.gateway
+        self.config.http = GatewayHttpProtocol.with_limits(gateway.header_timeout_secs,
+                                                           gateway.max_connections)
+
+    async def _serve(self) -> None:
+        self.config.app = self.wsgi  # gunicorn's name for the app this worker loaded
+        server = DrainingServer(self.config, self.app.drain, self.cfg.graceful_timeout / 2)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with a drain in two steps.
+
+    SIGTERM turns readiness to 503 at once, and the worker goes on serving, so the probes and
+    load balancers see that 503 on the connections they hold, until no request is in flight
+    (at most `announce_secs`). Then uvicorn's own shutdown stops accepting, closes the idle
+    connections and lets the requests still running finish. SIGQUIT, or a second signal,
+    goes straight to the second step.
+    """
+
+    def __init__(self, config: uvicorn.Config, drain: DrainFlag, announce_secs: float) -> None:
+        super().__init__(config)
+        self.drain = drain
+        self.announce_secs = announce_secs
+        self.drain_started_at: float | None = None
 
     def handle_exit(self, sig: int, frame: object) -> None:
-        self.app.drain.draining = True
-        super().handle_exit(sig, frame)
+        self.drain.draining = True
+        if self.drain_started_at is None and sig != signal.SIGQUIT:
+            self.drain_started_at = time.monotonic()
+        else:
+            super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        """Every 0.1 s: end the first step of a drain once nothing is in flight."""
+        started = self.drain_started_at
+        if started is not None and (not self.server_state.tasks
+                                    or time.monotonic() - started >= self.announce_secs):
+            self.should_exit = True
+        return await super().on_tick(counter)
 
 
 class GatewayLogger(glogging.Logger):
@@ -114,7 +172,7 @@ def gunicorn_settings(process: GatewayProcess) -> dict[str, object]:
         "worker_connections": 1000,
         "timeout": 30,
         "graceful_timeout": max(1, int(config.node.drain_timeout_secs)),
-        "keepalive": 5,
+        "keepalive": gateway.keepalive_secs,
         "backlog": 2048,
         "max_requests": 0,
         "max_requests_jitter": 0,
@@ -144,7 +202,7 @@ def gunicorn_settings(process: GatewayProcess) -> dict[str, object]:
     }
 
 
-def _flush_telemetry(arbiter: Arbiter, worker: ThreadWorker) -> None:
+def _flush_telemetry(arbiter: Arbiter, worker: Worker) -> None:
     """A gunicorn worker exits: export what its telemetry still holds."""
     telemetry = getattr(worker.app, "telemetry", None)
     if telemetry is not None:
@@ -152,9 +210,13 @@ def _flush_telemetry(arbiter: Arbiter, worker: ThreadWorker) -> None:
 
 
 def _after_worker_fork(process: GatewayProcess):
-    def post_fork(arbiter: Arbiter, worker: ThreadWorker) -> None:
-        """A gunicorn worker reports to its master, not to the supervisor: drop the pipe."""
+    def post_fork(arbiter: Arbiter, worker: Worker) -> None:
+        """A gunicorn worker reports to its master, not to the supervisor: drop the pipe.
+        It ends with its master (uvicorn's worker never checks its parent)."""
         os.close(process.ctx.report_fd)
         setproctitle.setproctitle("forge-node: gateway worker")
+        linux.die_with_parent(signal.SIGTERM)
+        if os.getppid() != arbiter.pid:
+            os._exit(0)
 
     return post_fork

@@ -7,10 +7,12 @@ folder: `..` segments, NUL bytes and symlinks that point outside all answer 404.
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
 import os
 import re
 from pathlib import Path
+from typing import BinaryIO
 
 import falcon
 
@@ -26,7 +28,7 @@ class FrontendSink:
     def __init__(self, root: Path | None) -> None:
         self.root = root.resolve() if root else None
 
-    def __call__(self, req: falcon.Request, resp: falcon.Response, **kwargs: str) -> None:
+    async def __call__(self, req: falcon.Request, resp: falcon.Response, **kwargs: str) -> None:
         if self.root is None:
             raise ApiError(404, NOT_FOUND, f"nothing is served at {req.path}")
         if req.method not in ("GET", "HEAD"):
@@ -61,4 +63,18 @@ class FrontendSink:
         size = target.stat().st_size
         resp.content_length = size
         if req.method == "GET":
-            resp.stream = target.open("rb")
+            resp.stream = FileStream(target.open("rb"))
+
+
+class FileStream:
+    """A file for falcon.asgi's `resp.stream`, read on a thread so a slow disk never stalls
+    the event loop."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+
+    async def read(self, size: int = -1) -> bytes:
+        return await asyncio.to_thread(self.file.read, size)
+
+    async def close(self) -> None:
+        self.file.close()

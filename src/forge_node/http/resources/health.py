@@ -1,7 +1,12 @@
-"""Liveness and readiness."""
+"""Liveness and readiness.
+
+The same resources serve the gateway's ASGI app (its `on_get_async` responders, routed with
+suffix "async") and the monitor's small WSGI server (`on_get`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -21,6 +26,9 @@ class HealthResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"status": "healthy", "version": __version__}
+
+    async def on_get_async(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.on_get(req, resp)
 
 
 class DatabaseProbe:
@@ -64,7 +72,14 @@ class ReadyResource:
         self.check = check
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        database, rest = self.check()
+        self.answer(resp, *self.check())
+
+    async def on_get_async(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """The check's query runs on a thread: a slow database never stalls the loop."""
+        self.answer(resp, *await asyncio.to_thread(self.check))
+
+    @staticmethod
+    def answer(resp: falcon.Response, database: bool, rest: bool) -> None:
         ready = database and rest
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
         resp.media = {"ready": ready, "database": database}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import falcon
+import falcon.asgi
 
 from ...app import AppRegistry, FunctionSpec
 from ...auth import InvalidToken, KeysUnavailable, TokenVerifier
@@ -32,26 +34,27 @@ class RpcResource:
         self.verifier = verifier
         self.max_body_bytes = max_body_bytes
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                      name: str) -> None:
         if self.runner is None:
             raise ApiError(503, FUNCTION_ROLE_DISABLED,
                            "this node does not run functions (no function role)")
-        claims = self.authenticate(req)
+        claims = await self.authenticate(req)
         spec = self.registry.functions.get(name)
         if spec is None:
             raise ApiError(404, NOT_FOUND, f"no function named {name!r}")
         self.authorize(spec, claims)
-        args = read_args(req, self.max_body_bytes)
+        args = await read_args(req, self.max_body_bytes)
         request_id = req.context.request_id
         try:
-            result = self.runner.run(spec, args, claims, request_id)
+            result = await self.runner.run(spec, args, claims, request_id)
         except Error as exc:
             raise error_for_app_error(exc) from None
         resp.content_type = falcon.MEDIA_JSON
         resp.text = dumps({"success": True, "data": to_jsonable(result),
                            "request_id": request_id})
 
-    def authenticate(self, req: falcon.Request) -> dict[str, Any] | None:
+    async def authenticate(self, req: falcon.asgi.Request) -> dict[str, Any] | None:
         """The verified claims, None without a token; a bad token is 401 even when public."""
         header = req.get_header("authorization")
         if not header:
@@ -63,7 +66,10 @@ class RpcResource:
             raise ApiError(401, UNAUTHORIZED, "this app does not accept tokens ([auth] is not "
                                               "configured)")
         try:
-            return self.verifier.verify(token.strip())
+            if self.verifier.jwks is None:
+                return self.verifier.verify(token.strip())
+            # RS256 may fetch the issuer's keys: over HTTP, so not on the event loop
+            return await asyncio.to_thread(self.verifier.verify, token.strip())
         except InvalidToken as exc:
             raise ApiError(401, UNAUTHORIZED, f"invalid token: {exc}") from None
         except KeysUnavailable as exc:
@@ -83,8 +89,8 @@ class RpcResource:
                                f"{spec.name} needs one of the roles {', '.join(spec.roles)}")
 
 
-def read_args(req: falcon.Request, max_bytes: int) -> dict[str, Any]:
-    raw = read_body(req, max_bytes)
+async def read_args(req: falcon.asgi.Request, max_bytes: int) -> dict[str, Any]:
+    raw = await read_body(req, max_bytes)
     if not raw.strip():
         return {}
     try:
@@ -101,15 +107,13 @@ def read_args(req: falcon.Request, max_bytes: int) -> dict[str, Any]:
     return args
 
 
-def read_body(req: falcon.Request, max_bytes: int) -> bytes:
+async def read_body(req: falcon.asgi.Request, max_bytes: int) -> bytes:
     """The body, refused with 413 past `max_bytes` whether it has a length or is chunked."""
     too_large = ApiError(413, PAYLOAD_TOO_LARGE, f"the body is larger than {max_bytes} bytes")
-    if req.content_length is not None:
-        if req.content_length > max_bytes:
-            raise too_large
-        return req.bounded_stream.read()
-    chunks, size = [], 0  # chunked: falcon's bounded_stream would read nothing
-    while chunk := req.stream.read(min(65536, max_bytes + 1 - size)):
+    if req.content_length is not None and req.content_length > max_bytes:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in req.stream:
         chunks.append(chunk)
         size += len(chunk)
         if size > max_bytes:
