@@ -3,8 +3,13 @@ workers (uvloop, httptools) serve the falcon ASGI app.
 
 Every gunicorn setting is set here explicitly: gunicorn otherwise reads PORT,
 WEB_CONCURRENCY and FORWARDED_ALLOW_IPS from the environment, and opens a control socket.
-The master runs gunicorn's own loop; `GatewayArbiter` hooks one turn of it to report to the
-supervisor and to notice when the supervisor is gone.
+
+The gateway child has the shape of every role process: it runs the role loop of
+`process.py` (reports to the supervisor, the orphan check, the drain), and gunicorn's
+arbiter is a library it drives. `boot()` starts the arbiter (binds the port, forks the
+workers); each turn reaps, times out and replaces workers; `shutdown()` stops them
+gracefully within the drain timeout. gunicorn's signal handlers are replaced by the role's:
+SIGTERM, SIGINT and SIGQUIT drain, SIGCHLD wakes the loop to reap.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import uvicorn
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
 from gunicorn.workers.base import Worker
 from uvicorn_worker import UvicornWorker
 
@@ -29,7 +35,8 @@ from ..errors import EXIT_CONFIG
 from ..http.app import DrainFlag, GatewayDeps, create_app
 from ..http.connections import GatewayHttpProtocol
 from ..observability.otel import Telemetry
-from ..process import READY, RoleProcess
+from ..process import RoleProcess
+from ..wakeup import Waker
 
 log = logging.getLogger(__name__)
 
@@ -38,34 +45,43 @@ class GatewayProcess(RoleProcess):
     role = "gateway"
 
     def boot(self) -> None:
-        """gunicorn's arbiter installs its own signal handlers; there is nothing to add."""
+        """Start gunicorn's arbiter and fork its workers. (No telemetry in this process: the
+        workers build their own after they are forked.)"""
         try:
-            self.server = GatewayServer(self)
+            self.arbiter = Arbiter(GatewayServer(self))
         except SystemExit:
             # gunicorn printed why it refused its settings; a restart cannot fix them
             raise SystemExit(EXIT_CONFIG) from None
+        self.halted: HaltServer | None = None
+        self.arbiter.start()  # binds the port; installs gunicorn's handlers, replaced next
+        self.waker = Waker()
+        self.waker.install()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(signum, self.handle_stop)
+        signal.signal(signal.SIGCHLD, self.handle_chld)
+        self.arbiter.manage_workers()
+        setproctitle.setproctitle("forge-node: gateway")
 
-    def run(self) -> None:
-        GatewayArbiter(self.server, self).run()
+    def run_once(self) -> None:
+        """Reap exited workers, kill silent ones, fork what is missing."""
+        try:
+            self.arbiter.reap_workers()
+            self.arbiter.murder_workers()
+            self.arbiter.manage_workers()
+        except HaltServer as exc:  # a worker failed to boot: restarting it would not help
+            log.error("gateway stopping: %s", exc.reason, extra={"event": "gateway.halted"})
+            self.halted = exc
+            self.stop()
 
+    def handle_chld(self, signum: int, frame: object) -> None:
+        """SIGCHLD: a worker exited; the loop wakes (the wakeup pipe) and reaps it."""
 
-class GatewayArbiter(Arbiter):
-    def __init__(self, server: GatewayServer, process: GatewayProcess) -> None:
-        self.process = process
-        self.reported_ready = False
-        super().__init__(server)
-
-    def wait_for_signals(self, timeout: float = 1.0) -> list[int]:
-        """One turn of the master's loop: workers are spawned, so report to the supervisor."""
-        if not self.reported_ready:
-            setproctitle.setproctitle("forge-node: gateway")
-            self.process.reports.send(READY)
-            self.reported_ready = True
-        self.process.reports.send(b"H")
-        if os.getppid() != self.process.ctx.supervisor_pid:
-            log.warning("the supervisor is gone; stopping", extra={"event": "role.orphaned"})
-            raise StopIteration
-        return super().wait_for_signals(timeout)
+    def shutdown(self) -> None:
+        """Close the port, SIGTERM the workers, wait for them up to the drain timeout."""
+        self.arbiter.stop(graceful=True)
+        self.waker.close()
+        if self.halted is not None:
+            raise SystemExit(self.halted.exit_status)
 
 
 class GatewayWorker(UvicornWorker):
@@ -211,9 +227,12 @@ def _flush_telemetry(arbiter: Arbiter, worker: Worker) -> None:
 
 def _after_worker_fork(process: GatewayProcess):
     def post_fork(arbiter: Arbiter, worker: Worker) -> None:
-        """A gunicorn worker reports to its master, not to the supervisor: drop the pipe.
-        It ends with its master (uvicorn's worker never checks its parent)."""
+        """A gunicorn worker reports to its master, not to the supervisor: drop the pipe and
+        the master's wakeup pipe. It ends with its master (uvicorn's worker never checks its
+        parent)."""
         os.close(process.ctx.report_fd)
+        signal.set_wakeup_fd(-1)
+        process.waker.close()
         setproctitle.setproctitle("forge-node: gateway worker")
         linux.die_with_parent(signal.SIGTERM)
         if os.getppid() != arbiter.pid:
