@@ -1,31 +1,44 @@
-"""Gateway throughput: requests/s and p50/p99 latency of the full gateway against a bare app
-(target: at least 70% of the bare app's throughput on a trivial public query), and of the
-gateway with observability on against the same gateway with it off (target: overhead under
-15%).
+"""Gateway throughput: requests/s, p50/p99 latency and server CPU per request of the full
+gateway against the peers a Python user would pick instead, or of the gateway with
+observability on against off.
 
-    python bench/gateway.py [--peer bare|observability] [--duration 10] [--connections 16]
+    python bench/gateway.py [--peer peers|observability] [--duration 10] [--connections 16]
                             [--workers 2] [--threads 8] [--rounds 6] [--loadgen auto|wrk|python]
+                            [--idle-connections 10000]
 
-With `--peer observability`, both servers are forge-node: one exports traces (sampling 1.0),
-metrics (every second) and logs over OTLP/HTTP to a sink in another process that reads and
-acknowledges every request, the other has observability off.
-
-Two servers run side by side in the same run, on one fresh database:
+`--peer peers` (the default) runs three servers side by side in the same run, each on a fresh
+database of its own, with the same worker count:
 - forge-node: `forge-node run` with roles gateway + function, `[auth] jwt_secret` set (so the
-  auth path is live), log level warning, and one public query `trivial` running SELECT 1;
-- bare: a plain falcon app under plain `gunicorn -k gthread` with the same workers, threads and
-  keep-alive, answering the same JSON from the same SELECT 1 on a psycopg_pool per worker.
+  auth path is live), correlation headers as always, metrics exported every second to an
+  OTLP sink in another process, and five public functions (below);
+- bare: a plain falcon ASGI app under the same gunicorn with the same uvicorn worker (uvloop,
+  httptools), answering the same JSON the same way (a `def` endpoint on a thread pool of
+  `--threads`, psycopg pools of `--threads` connections);
+- fastapi: FastAPI on `uvicorn --workers` (uvloop, httptools), `def` endpoints on its own
+  thread pool, the same psycopg pools.
+The cases: GET /_api/health, and POST /_api/rpc/ to `trivial` (a `def` function, no
+database), `trivial_async` (an `async def` one), `select_one` (`def`, SELECT 1) and
+`select_one_async` (`async def`, SELECT 1 on an async pool). Targets: forge-node at least
+1.5x FastAPI's requests/s on the two trivial cases and 1.1x on the two SELECT 1 cases, and at
+least 70% of bare's on the two async cases. Then `--idle-connections` keep-alive connections
+are opened to forge-node and left idle, and the growth of its workers' memory is reported
+per connection.
 
-Each case (GET /_api/health, POST /_api/rpc/trivial on each server) gets a warm-up and then
-`--duration` seconds of closed-loop load over `--connections` keep-alive connections, from
-another process: wrk when it is on PATH (`apt-get install wrk`), otherwise bench/loadgen.py.
-Requests/s counts 2xx answers only; every other answer, reset or timeout is an error. CPU
-ms/req is the user + system CPU that the server's processes and its PostgreSQL backends spent
-per 2xx answer (from /proc), which neighbours on the machine disturb far less than requests/s.
-The cases alternate between the servers, `--rounds` times, and which server goes first in a
-pair alternates from round to round: each column is the median over the rounds, and the
-requests/s ratio is the median of the rounds' ratios (each pair ran back to back). The load
-generator shares the machine's cores with both servers and PostgreSQL.
+`--peer observability`: both servers are forge-node: one exports traces (sampling 1.0),
+metrics (every second) and logs over OTLP/HTTP to a sink that reads and acknowledges every
+request, the other has observability off (target: at least 85% of its requests/s on
+`select_one`).
+
+Each case gets a warm-up and then `--duration` seconds of closed-loop load over
+`--connections` keep-alive connections, from another process: wrk when it is on PATH
+(`apt-get install wrk`), otherwise bench/loadgen.py. Requests/s counts 2xx answers only;
+every other answer, reset or timeout is an error. CPU ms/req is the user + system CPU that
+the server's processes and its PostgreSQL backends spent per 2xx answer (from /proc), which
+neighbours on the machine disturb far less than requests/s. Each endpoint's cases run back to
+back, in an order of servers that rotates from round to round (with two identical servers,
+the one measured first came out 2-11% slower); each column is the median over `--rounds`,
+and each ratio the median of the rounds' ratios. The load generator shares the machine's
+cores with the servers and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -33,9 +46,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import http.client
 import json
 import math
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -48,6 +63,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -55,11 +71,21 @@ from _support import descendants, free_port, fresh_database, postgres, proc_tabl
 
 BENCH = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
-TARGET_RATIO = {"bare": 0.70, "observability": 0.85}
 OBSERVABILITY_ON = """enabled = true
 otlp_endpoint = "{endpoint}"
 sampling_ratio = 1.0
 metrics_interval_secs = 1"""
+METRICS_ON = """enabled = true
+otlp_endpoint = "{endpoint}"
+enable_traces = false
+enable_logs = false
+metrics_interval_secs = 1"""
+# (case, peer): the least requests/s ratio forge-node / peer that passes
+TARGETS = {("trivial", "fastapi"): 1.5, ("trivial_async", "fastapi"): 1.5,
+           ("select_one", "fastapi"): 1.1, ("select_one_async", "fastapi"): 1.1,
+           ("trivial_async", "bare"): 0.70, ("select_one_async", "bare"): 0.70,
+           ("select_one", "observability off"): 0.85}
+FUNCTIONS = ("trivial", "trivial_async", "select_one", "select_one_async")
 OTLP_SINK = """
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -88,6 +114,7 @@ app = "app"
 
 [database]
 url = "${{DATABASE_URL}}"
+pool_size = {threads}
 
 [gateway]
 port = {port}
@@ -111,55 +138,138 @@ import forge_node as forge
 
 @forge.query(public=True)
 def trivial(ctx, args):
+    return {"ok": True}
+
+
+@forge.query(public=True)
+async def trivial_async(ctx, args):
+    return {"ok": True}
+
+
+@forge.query(public=True)
+def select_one(ctx, args):
     return ctx.db.execute("SELECT 1 AS one").fetchone()
+
+
+@forge.query(public=True)
+async def select_one_async(ctx, args):
+    cursor = await ctx.db.execute("SELECT 1 AS one")
+    return await cursor.fetchone()
 '''
 
-BARE_APP = '''
+# The peers' shared parts: psycopg pools of BENCH_THREADS connections, opened in the worker.
+PEER_POOLS = '''
+import asyncio
 import json
-import math
 import os
-import threading
 import uuid
 
-import falcon
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+THREADS = int(os.environ["BENCH_THREADS"])
 _pool = None
-_lock = threading.Lock()
+_async_pool = None
 
 
 def pool():
-    """Created on first use, so in the worker after gunicorn forked it."""
     global _pool
     if _pool is None:
-        with _lock:
-            if _pool is None:
-                _pool = ConnectionPool(os.environ["DATABASE_URL"], min_size=1,
-                                       max_size=int(os.environ["BARE_THREADS"]),
-                                       kwargs={"row_factory": dict_row}, open=True)
+        _pool = ConnectionPool(os.environ["DATABASE_URL"], min_size=1, max_size=THREADS,
+                               kwargs={"row_factory": dict_row}, open=True)
     return _pool
 
 
+async def async_pool():
+    global _async_pool
+    if _async_pool is None:
+        _async_pool = AsyncConnectionPool(os.environ["DATABASE_URL"], min_size=1,
+                                          max_size=THREADS, kwargs={"row_factory": dict_row},
+                                          open=False)
+        await _async_pool.open()
+    return _async_pool
+
+
+def select_one():
+    with pool().connection() as conn:
+        return conn.execute("SELECT 1 AS one").fetchone()
+
+
+async def select_one_async():
+    async with (await async_pool()).connection() as conn:
+        cursor = await conn.execute("SELECT 1 AS one")
+        return await cursor.fetchone()
+
+
+def answer(data):
+    return {"success": True, "data": data, "request_id": str(uuid.uuid4())}
+'''
+
+BARE_APP = PEER_POOLS + '''
+import concurrent.futures
+
+import falcon
+import falcon.asgi
+
+threads = concurrent.futures.ThreadPoolExecutor(THREADS)
+
+
+async def in_thread(fn):
+    return await asyncio.get_running_loop().run_in_executor(threads, fn)
+
+
 class Health:
-    def on_get(self, req, resp):
+    async def on_get(self, req, resp):
         resp.media = {"status": "healthy", "version": "0.1.0"}
 
 
-class Trivial:
-    def on_post(self, req, resp):
-        body = json.loads(req.bounded_stream.read() or b"{}")
-        body.get("args")
-        with pool().connection() as conn:
-            row = conn.execute("SELECT 1 AS one").fetchone()
+class Function:
+    def __init__(self, run):
+        self.run = run
+
+    async def on_post(self, req, resp):
+        json.loads(await req.stream.read() or b"{}").get("args")
         resp.content_type = falcon.MEDIA_JSON
-        resp.text = json.dumps({"success": True, "data": row, "request_id": str(uuid.uuid4())},
-                               separators=(",", ":"))
+        resp.text = json.dumps(answer(await self.run()), separators=(",", ":"))
 
 
-app = falcon.App()
+app = falcon.asgi.App()
 app.add_route("/_api/health", Health())
-app.add_route("/_api/rpc/trivial", Trivial())
+app.add_route("/_api/rpc/trivial", Function(lambda: in_thread(lambda: {"ok": True})))
+app.add_route("/_api/rpc/trivial_async", Function(lambda: asyncio.sleep(0, {"ok": True})))
+app.add_route("/_api/rpc/select_one", Function(lambda: in_thread(select_one)))
+app.add_route("/_api/rpc/select_one_async", Function(select_one_async))
+'''
+
+FASTAPI_APP = PEER_POOLS + '''
+from fastapi import FastAPI
+
+app = FastAPI()
+
+
+@app.get("/_api/health")
+async def health():
+    return {"status": "healthy", "version": "0.1.0"}
+
+
+@app.post("/_api/rpc/trivial")
+def trivial(body: dict):
+    return answer({"ok": True})
+
+
+@app.post("/_api/rpc/trivial_async")
+async def trivial_async(body: dict):
+    return answer({"ok": True})
+
+
+@app.post("/_api/rpc/select_one")
+def select_one_endpoint(body: dict):
+    return answer(select_one())
+
+
+@app.post("/_api/rpc/select_one_async")
+async def select_one_async_endpoint(body: dict):
+    return answer(await select_one_async())
 '''
 
 WRK_SCRIPT = """\
@@ -275,10 +385,19 @@ def forge_node_command(app: Path) -> list[str]:
     return [str(BIN / "forge-node"), "run", "--config", str(app / "forge.toml")]
 
 
-def bare_command(folder: Path, port: int, workers: int, threads: int) -> list[str]:
-    return [str(BIN / "gunicorn"), "--chdir", str(folder), "-k", "gthread",
-            "--workers", str(workers), "--threads", str(threads), "--keep-alive", "5",
-            "--log-level", "warning", "-b", f"127.0.0.1:{port}", "bare:app"]
+def bare_command(folder: Path, port: int, workers: int) -> list[str]:
+    """The bare app under gunicorn with uvicorn's worker (uvloop and httptools, as installed),
+    keep-alive as forge-node's."""
+    return [str(BIN / "gunicorn"), "--chdir", str(folder), "-k", "uvicorn_worker.UvicornWorker",
+            "--workers", str(workers), "--keep-alive", "75", "--log-level", "warning",
+            "-b", f"127.0.0.1:{port}", "bare:app"]
+
+
+def fastapi_command(folder: Path, port: int, workers: int) -> list[str]:
+    return [str(BIN / "uvicorn"), "--app-dir", str(folder), "--workers", str(workers),
+            "--loop", "uvloop", "--http", "httptools", "--timeout-keep-alive", "75",
+            "--no-access-log", "--log-level", "warning", "--host", "127.0.0.1",
+            "--port", str(port), "fastapi_app:app"]
 
 
 class CpuMeter:
@@ -370,16 +489,19 @@ def measure(case: Case, loadgen: str, tmp: Path, connections: int, duration: flo
     return dataclasses.replace(result, cpu_ms=(after - before) * 1000 / answered)
 
 
-def measure_round(cases: list[Case], number: int, loadgen: str, tmp: Path,
-                  args: argparse.Namespace, meter: CpuMeter) -> list[Result]:
-    """Every case once, in case order; each pair runs back to back, and which of its two
-    servers goes first alternates from one round to the next. (In a run with two identical
-    servers, the one measured first in each pair came out 2-11% slower: alternating keeps
-    such an order effect out of the ratio.)"""
-    order = [0, 1, 2, 3] if number % 2 == 0 else [1, 0, 3, 2]
-    results = {index: measure(cases[index], loadgen, tmp, args.connections, args.duration,
-                              meter) for index in order}
-    return [results[index] for index in range(len(cases))]
+def measure_round(groups: list[list[Case]], number: int, loadgen: str, tmp: Path,
+                  args: argparse.Namespace, meter: CpuMeter) -> list[list[Result]]:
+    """Every case once: an endpoint's cases back to back, the servers' order rotated by the
+    round's number (with two identical servers, the one measured first in a pair came out
+    2-11% slower: rotating keeps such an order effect out of the ratios)."""
+    results = []
+    for group in groups:
+        shift = number % len(group)
+        order = list(range(len(group)))[shift:] + list(range(len(group)))[:shift]
+        measured = {i: measure(group[i], loadgen, tmp, args.connections, args.duration, meter)
+                    for i in order}
+        results.append([measured[i] for i in range(len(group))])
+    return results
 
 
 def median_result(results: list[Result]) -> Result:
@@ -393,41 +515,38 @@ def median_result(results: list[Result]) -> Result:
                   statistics.median(r.cpu_ms for r in results))
 
 
-def report(cases: list[Case], rounds: list[list[Result]], settings: str, peer: str) -> None:
-    results = [median_result([r[i] for r in rounds]) for i in range(len(cases))]
+def report(groups: list[list[Case]], rounds: list[list[list[Result]]], settings: str) -> None:
     print(settings)
-    print(f"{'case':<34}{'requests/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+    print(f"{'case':<44}{'requests/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
           f"{'CPU ms/req':>12}")
-    for case, result in zip(cases, results, strict=True):
-        print(f"{case.label:<34}{result.requests_per_sec:>11.1f}{result.p50_ms:>9.2f}"
-              f"{result.p99_ms:>9.2f}{result.errors:>8}{result.cpu_ms:>12.3f}")
-    for case, result in zip(cases, results, strict=True):
-        if result.errors:
-            print(f"  errors in {case.label}: {result.error_kinds}")
-    ours, theirs = cases[0].server.name, cases[1].server.name
-    for number, r in enumerate(rounds, 1):
-        print(f"  round {number}, requests/s {ours} / {theirs}: health "
-              f"{r[0].requests_per_sec:.0f} / {r[1].requests_per_sec:.0f}, trivial query "
-              f"{r[2].requests_per_sec:.0f} / {r[3].requests_per_sec:.0f} = "
-              f"{ratio(r[2], r[3]):.2f}")
-    health, query = median_ratio(rounds, 0, 1), median_ratio(rounds, 2, 3)
-    print(f"ratio {ours} / {theirs}, requests/s (median over the rounds): health "
-          f"{health:.2f}, trivial query {query:.2f}")
-    cpu_health, cpu_query = (results[0].cpu_ms / results[1].cpu_ms,
-                             results[2].cpu_ms / results[3].cpu_ms)
-    print(f"ratio {ours} / {theirs}, server CPU per request: health {cpu_health:.2f}, "
-          f"trivial query {cpu_query:.2f} (requests per CPU second: {1 / cpu_health:.0%} and "
-          f"{1 / cpu_query:.0%} of {theirs}'s)")
-    clean = not any(result.errors for result in results)
-    target = TARGET_RATIO[peer]
-    verdict = "PASS" if query >= target and clean else "FAIL"
-    print(f"target: trivial query at least {target:.0%} of {theirs}'s requests/s -> {verdict} "
-          f"({query:.0%}{'' if clean else ', with errors'})")
-
-
-def median_ratio(rounds: list[list[Result]], ours: int, bare: int) -> float:
-    """Each round's pair ran back to back, so a neighbour's load hits both sides alike."""
-    return statistics.median(ratio(r[ours], r[bare]) for r in rounds)
+    medians = [[median_result([r[g][i] for r in rounds]) for i in range(len(group))]
+               for g, group in enumerate(groups)]
+    for group, results in zip(groups, medians, strict=True):
+        for case, result in zip(group, results, strict=True):
+            print(f"{case.label:<44}{result.requests_per_sec:>11.1f}{result.p50_ms:>9.2f}"
+                  f"{result.p99_ms:>9.2f}{result.errors:>8}{result.cpu_ms:>12.3f}")
+            if result.errors:
+                print(f"  errors: {result.error_kinds}")
+    ours = groups[0][0].server.name
+    verdicts = []
+    for g, group in enumerate(groups):
+        endpoint = group[0].path.rsplit("/", 1)[1]
+        for i, case in enumerate(group[1:], 1):
+            peer = case.server.name
+            per_round = [ratio(r[g][0], r[g][i]) for r in rounds]
+            cpu = medians[g][i].cpu_ms / medians[g][0].cpu_ms if medians[g][0].cpu_ms else 0
+            print(f"{endpoint:<17} {ours} / {peer}: requests/s {statistics.median(per_round):.2f}"
+                  f" (rounds: {', '.join(f'{x:.2f}' for x in per_round)}); requests per CPU "
+                  f"second {cpu:.2f}")
+            target = TARGETS.get((endpoint, peer))
+            if target is not None:
+                clean = not (medians[g][0].errors or medians[g][i].errors)
+                met = statistics.median(per_round) >= target and clean
+                verdicts.append(f"{endpoint} vs {peer} at least {target:.2f}x: "
+                                f"{'PASS' if met else 'FAIL'} ({statistics.median(per_round):.2f}"
+                                f"{'' if clean else ', with errors'})")
+    for verdict in verdicts:
+        print(f"target: {verdict}")
 
 
 def ratio(ours: Result, bare: Result) -> float:
@@ -436,92 +555,135 @@ def ratio(ours: Result, bare: Result) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--peer", choices=("bare", "observability"), default="bare",
-                        help="bare: a plain falcon app; observability: forge-node with "
-                             "observability off, against it on")
+    parser.add_argument("--peer", choices=("peers", "observability"), default="peers",
+                        help="peers: bare falcon ASGI and FastAPI; observability: forge-node "
+                             "with observability off, against it on")
     parser.add_argument("--duration", type=float, default=10, help="seconds measured per case")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=6,
-                        help="every case is measured once per round, alternating the servers "
-                             "and which of them goes first")
+                        help="every case is measured once per round, rotating the servers")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--idle-connections", type=int, default=10_000,
+                        help="open this many idle connections to forge-node at the end and "
+                             "report its memory per connection (0: skip)")
     args = parser.parse_args()
     loadgen = choose_loadgen(args.loadgen)
     with postgres() as admin_url, tempfile.TemporaryDirectory() as tmp_name, \
             contextlib.ExitStack() as stack:
         tmp = Path(tmp_name)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if args.peer == "bare":
-            ours, theirs = start_forge_and_bare(stack, args, admin_url, tmp, env)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "BENCH_THREADS": str(args.threads)}
+        sink = start_sink(stack, tmp, env)
+        if args.peer == "peers":
+            servers = start_forge_and_peers(stack, args, admin_url, tmp, env, sink)
+            endpoints = ("health", *FUNCTIONS)
         else:
-            ours, theirs = start_with_and_without_observability(stack, args, admin_url, tmp,
-                                                                env)
-        cases = cases_for(ours, theirs)
+            servers = start_with_and_without_observability(stack, args, admin_url, tmp, env,
+                                                           sink)
+            endpoints = ("health", "select_one")
+        groups = [[case_for(server, endpoint) for server in servers] for endpoint in endpoints]
         meter = CpuMeter(admin_url)
         try:
-            rounds = [measure_round(cases, number, loadgen, tmp, args, meter)
-                      for number in range(args.rounds)]
+            rounds = []
+            for number in range(args.rounds):
+                rounds.append(measure_round(groups, number, loadgen, tmp, args, meter))
+                print(f"round {number + 1} done", flush=True)
         finally:
             meter.close()
-    report(cases, rounds, settings(args, loadgen), args.peer)
+        memory = idle_connection_memory(servers[0], args.idle_connections) \
+            if args.peer == "peers" and args.idle_connections else None
+    report(groups, rounds, settings(args, loadgen))
+    if memory is not None:
+        print(f"forge-node with {args.idle_connections} idle keep-alive connections open: its "
+              f"gateway workers grew by {memory[0] / 2**20:.1f} MiB, {memory[1]:.0f} bytes per "
+              f"connection")
 
 
-def start_forge_and_bare(stack: contextlib.ExitStack, args: argparse.Namespace, admin_url: str,
-                         tmp: Path, env: dict) -> tuple[Server, Server]:
-    forge = Server("forge-node", f"http://127.0.0.1:{free_port()}", "bench_gateway")
-    bare = Server("bare", f"http://127.0.0.1:{free_port()}", "bench_gateway_bare")
-    app = write_apps(tmp, "forge_app", port_of(forge), args.workers, args.threads)
-    (tmp / "bare.py").write_text(BARE_APP)
-    stack.enter_context(serving(
-        forge, forge_node_command(app),
-        {**env, "DATABASE_URL": fresh_database(admin_url, forge.database)},
-        tmp / "forge-node.log", "/_api/ready"))
-    stack.enter_context(serving(
-        bare, bare_command(tmp, port_of(bare), args.workers, args.threads),
-        {**env, "DATABASE_URL": fresh_database(admin_url, bare.database),
-         "BARE_THREADS": str(args.threads)}, tmp / "bare.log", "/_api/health"))
-    return forge, bare
-
-
-def start_with_and_without_observability(stack: contextlib.ExitStack,
-                                         args: argparse.Namespace, admin_url: str, tmp: Path,
-                                         env: dict) -> tuple[Server, Server]:
+def start_sink(stack: contextlib.ExitStack, tmp: Path, env: dict) -> Server:
+    """An OTLP/HTTP receiver in another process that acknowledges every export."""
     sink_port = free_port()
     sink = Server("otlp sink", f"http://127.0.0.1:{sink_port}", "")
     stack.enter_context(serving(sink, [sys.executable, "-c", OTLP_SINK, str(sink_port)], env,
                                 tmp / "sink.log", None))
+    return sink
+
+
+def start_forge(stack: contextlib.ExitStack, server: Server, args: argparse.Namespace,
+                admin_url: str, tmp: Path, env: dict, observability: str) -> None:
+    app = write_apps(tmp, server.database, port_of(server), args.workers, args.threads,
+                     observability)
+    stack.enter_context(serving(
+        server, forge_node_command(app),
+        {**env, "DATABASE_URL": fresh_database(admin_url, server.database)},
+        tmp / f"{server.database}.log", "/_api/ready"))
+
+
+def start_forge_and_peers(stack: contextlib.ExitStack, args: argparse.Namespace,
+                          admin_url: str, tmp: Path, env: dict, sink: Server) -> list[Server]:
+    forge = Server("forge-node", f"http://127.0.0.1:{free_port()}", "bench_gateway")
+    bare = Server("bare", f"http://127.0.0.1:{free_port()}", "bench_gateway_bare")
+    fastapi = Server("fastapi", f"http://127.0.0.1:{free_port()}", "bench_gateway_fastapi")
+    start_forge(stack, forge, args, admin_url, tmp, env, METRICS_ON.format(endpoint=sink.base_url))
+    (tmp / "bare.py").write_text(BARE_APP)
+    (tmp / "fastapi_app.py").write_text(FASTAPI_APP)
+    for server, command in ((bare, bare_command(tmp, port_of(bare), args.workers)),
+                            (fastapi, fastapi_command(tmp, port_of(fastapi), args.workers))):
+        stack.enter_context(serving(
+            server, command, {**env, "DATABASE_URL": fresh_database(admin_url, server.database)},
+            tmp / f"{server.name}.log", "/_api/health"))
+    return [forge, bare, fastapi]
+
+
+def start_with_and_without_observability(stack: contextlib.ExitStack,
+                                         args: argparse.Namespace, admin_url: str, tmp: Path,
+                                         env: dict, sink: Server) -> list[Server]:
     observed = Server("observability on", f"http://127.0.0.1:{free_port()}",
                       "bench_gateway_observed")
     plain = Server("observability off", f"http://127.0.0.1:{free_port()}", "bench_gateway")
-    for server, observability in (
-            (observed, OBSERVABILITY_ON.format(endpoint=sink.base_url)), (plain, "")):
-        app = write_apps(tmp, server.database, port_of(server), args.workers, args.threads,
-                         observability)
-        stack.enter_context(serving(
-            server, forge_node_command(app),
-            {**env, "DATABASE_URL": fresh_database(admin_url, server.database)},
-            tmp / f"{server.database}.log", "/_api/ready"))
-    return observed, plain
+    start_forge(stack, observed, args, admin_url, tmp, env,
+                OBSERVABILITY_ON.format(endpoint=sink.base_url))
+    start_forge(stack, plain, args, admin_url, tmp, env, "")
+    return [observed, plain]
+
+
+def idle_connection_memory(server: Server, count: int) -> tuple[int, float]:
+    """Open `count` keep-alive connections that each made one request, then sit idle; the
+    growth of the server's gateway workers' resident memory, total and per connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    workers = [p for p in psutil.Process(server.pid).children(recursive=True)
+               if "gateway worker" in " ".join(p.cmdline())]
+    before = sum(p.memory_info().rss for p in workers)
+    opened = []
+    try:
+        for _ in range(count):
+            conn = http.client.HTTPConnection("127.0.0.1", port_of(server), timeout=30)
+            conn.request("GET", "/_api/health")
+            conn.getresponse().read()
+            opened.append(conn)
+        grown = sum(p.memory_info().rss for p in workers) - before
+        return grown, grown / count
+    finally:
+        for conn in opened:
+            conn.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def port_of(server: Server) -> int:
     return int(server.base_url.rsplit(":", 1)[1])
 
 
-def cases_for(ours: Server, theirs: Server) -> list[Case]:
-    """In this order: the report pairs 0 with 1 and 2 with 3."""
-    return [Case(f"{ours.name} GET /_api/health", ours, "GET", "/_api/health"),
-            Case(f"{theirs.name} GET /_api/health", theirs, "GET", "/_api/health"),
-            Case(f"{ours.name} POST /_api/rpc/trivial", ours, "POST", "/_api/rpc/trivial",
-                 RPC_BODY),
-            Case(f"{theirs.name} POST /_api/rpc/trivial", theirs, "POST", "/_api/rpc/trivial",
-                 RPC_BODY)]
+def case_for(server: Server, endpoint: str) -> Case:
+    if endpoint == "health":
+        return Case(f"{server.name} GET /_api/health", server, "GET", "/_api/health")
+    return Case(f"{server.name} POST /_api/rpc/{endpoint}", server, "POST",
+                f"/_api/rpc/{endpoint}", RPC_BODY)
 
 
 def settings(args: argparse.Namespace, loadgen: str) -> str:
-    return (f"gunicorn gthread, {args.workers} workers x {args.threads} threads, keep-alive 5 s; "
+    return (f"{args.workers} workers each, {args.threads} threads and database connections "
+            f"per worker, keep-alive 75 s; "
             f"{args.connections} connections, {WARMUP_SECS} s warm-up + {args.duration:g} s "
             f"per case, rounds: {args.rounds}\nload from {loadgen_name(loadgen)}, on the same "
             f"{os.cpu_count()} cores as the servers and PostgreSQL")

@@ -11,18 +11,18 @@ export included) by the requests: the steadiest view of what forge-node's middle
 function runner and telemetry add. The cases, each in a fresh process of its own, alternating
 over the rounds:
 
-- bare: a bare falcon ASGI app of the same shape as forge-node's (the same `SELECT 1` on a
-  psycopg_pool, run on a thread pool as a `def` function is);
+- bare: bench/gateway.py's bare falcon ASGI app (the same `SELECT 1` on a psycopg_pool, run
+  on a thread pool as a `def` function is);
 - forge-node: the gateway's app as a gunicorn worker builds it (`create_app`), observability
   off;
 - forge-node observed: the same with traces (sampling 1.0), metrics and logs exported to a
   receiver in another process (bench/gateway.py's OTLP sink).
 
 Each figure is the median over the rounds, in microseconds of CPU per request, for
-`GET /_api/health` and `POST /_api/rpc/trivial`.
+`GET /_api/health` and `POST /_api/rpc/select_one` (a `def` function running SELECT 1).
 
 `--paired` measures observability alone, more steadily still: both forge-node apps are built
-in one process and called in turn, 300 trivial queries at a time, `--rounds` times (say 40);
+in one process and called in turn, 300 select_one calls at a time, `--rounds` times (say 40);
 it prints the median and quartiles of the pairs' differences, for the whole process and for
 the event loop's thread alone (the rest is the function threads, span export and metrics).
 """
@@ -44,6 +44,7 @@ from typing import Any
 
 from _support import free_port, fresh_database, postgres
 from gateway import (
+    BARE_APP,
     FORGE_APP,
     JWT_SECRET,
     OBSERVABILITY_ON,
@@ -55,56 +56,9 @@ from gateway import (
 )
 
 CASES = ("bare", "forge-node", "forge-node observed")
-ROUTES = (("health", "GET", "/_api/health"), ("trivial query", "POST", "/_api/rpc/trivial"))
+ROUTES = (("health", "GET", "/_api/health"), ("select one", "POST", "/_api/rpc/select_one"))
 WARMUP_REQUESTS = 300
 PAIRED_REQUESTS = 300
-
-BARE_ASGI_APP = '''
-import asyncio
-import concurrent.futures
-import json
-import os
-import uuid
-
-import falcon
-import falcon.asgi
-from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
-
-threads = concurrent.futures.ThreadPoolExecutor(int(os.environ["BARE_THREADS"]))
-_pool = ConnectionPool(os.environ["DATABASE_URL"], min_size=1,
-                       max_size=int(os.environ["BARE_THREADS"]),
-                       kwargs={"row_factory": dict_row}, open=True)
-
-
-def pool():
-    return _pool
-
-
-def select_one():
-    with _pool.connection() as conn:
-        return conn.execute("SELECT 1 AS one").fetchone()
-
-
-class Health:
-    async def on_get(self, req, resp):
-        resp.media = {"status": "healthy", "version": "0.1.0"}
-
-
-class Trivial:
-    async def on_post(self, req, resp):
-        body = json.loads(await req.stream.read() or b"{}")
-        body.get("args")
-        row = await asyncio.get_running_loop().run_in_executor(threads, select_one)
-        resp.content_type = falcon.MEDIA_JSON
-        resp.text = json.dumps({"success": True, "data": row, "request_id": str(uuid.uuid4())},
-                               separators=(",", ":"))
-
-
-app = falcon.asgi.App()
-app.add_route("/_api/health", Health())
-app.add_route("/_api/rpc/trivial", Trivial())
-'''
 
 FORGE_TOML = """\
 [project]
@@ -143,7 +97,7 @@ def main() -> None:
             serving(sink, [sys.executable, "-c", OTLP_SINK, str(port_of(sink))],
                     dict(os.environ), Path(tmp) / "sink.log", None):
         env = {**os.environ, "DATABASE_URL": fresh_database(admin_url, "bench_gateway_app"),
-               "BARE_THREADS": "8"}
+               "BENCH_THREADS": "8"}
         if args.paired:
             report_paired(run_paired(args.rounds, sink.base_url, env), args.rounds)
             return
@@ -154,7 +108,7 @@ def main() -> None:
             rounds.append(results)
             print(f"round {number}: " + "; ".join(
                 f"{case} " + " / ".join(f"{us:.0f}" for us in figures.values())
-                for case, figures in results.items()) + " us (health / trivial query)",
+                for case, figures in results.items()) + " us (health / select one)",
                 flush=True)
     report(rounds, args)
 
@@ -193,7 +147,7 @@ def run_paired(rounds: int, sink: str, env: dict) -> dict[str, list[float]]:
 
 
 def measure_paired(rounds: int, sink: str) -> dict[str, list[float]]:
-    """Both forge-node apps in this one process, called in turn PAIRED_REQUESTS trivial
+    """Both forge-node apps in this one process, called in turn PAIRED_REQUESTS select_one
     queries at a time: each pair of chunks ran back to back, so the machine's neighbours
     weigh on both alike. Per chunk: the process's CPU (every thread) and the calling
     thread's, in microseconds per request."""
@@ -208,11 +162,11 @@ def measure_paired(rounds: int, sink: str) -> dict[str, list[float]]:
             apps[case] = build_app(case, folder, sink)
         try:
             for app, _ in apps.values():
-                call(app, "POST", "/_api/rpc/trivial", WARMUP_REQUESTS)
+                call(app, "POST", "/_api/rpc/select_one", WARMUP_REQUESTS)
             for _ in range(rounds):
                 for case, (app, _) in apps.items():
                     process, thread = time.process_time(), time.thread_time()
-                    call(app, "POST", "/_api/rpc/trivial", PAIRED_REQUESTS)
+                    call(app, "POST", "/_api/rpc/select_one", PAIRED_REQUESTS)
                     figures[f"{case} process"].append(
                         (time.process_time() - process) / PAIRED_REQUESTS * 1e6)
                     figures[f"{case} thread"].append(
@@ -224,7 +178,7 @@ def measure_paired(rounds: int, sink: str) -> dict[str, list[float]]:
 
 
 def report_paired(figures: dict[str, list[float]], rounds: int) -> None:
-    print(f"{rounds} pairs of {PAIRED_REQUESTS} trivial queries, both forge-node apps in one "
+    print(f"{rounds} pairs of {PAIRED_REQUESTS} select_one calls, both forge-node apps in one "
           f"process, called in turn")
     for kind, what in (("process", "every thread"), ("thread", "the request thread")):
         off, on = figures[f"forge-node {kind}"], figures[f"forge-node observed {kind}"]
@@ -238,7 +192,7 @@ def report_paired(figures: dict[str, list[float]], rounds: int) -> None:
 def build_app(case: str, tmp: Path, sink: str):
     """The ASGI app and what closes it."""
     if case == "bare":
-        (tmp / "bare.py").write_text(BARE_ASGI_APP)
+        (tmp / "bare.py").write_text(BARE_APP)
         sys.path.insert(0, str(tmp))
         import bare
         return bare.app, lambda: bare.pool().close()
