@@ -84,7 +84,7 @@ metrics_interval_secs = 1"""
 TARGETS = {("trivial", "fastapi"): 1.5, ("trivial_async", "fastapi"): 1.5,
            ("select_one", "fastapi"): 1.1, ("select_one_async", "fastapi"): 1.1,
            ("trivial_async", "bare"): 0.70, ("select_one_async", "bare"): 0.70,
-           ("select_one", "observability off"): 0.85}
+           ("select_one", "observability off"): 0.85, ("trivial", "forge-node gthread"): 2.0}
 FUNCTIONS = ("trivial", "trivial_async", "select_one", "select_one_async")
 OTLP_SINK = """
 import sys
@@ -300,6 +300,7 @@ class Server:
     base_url: str
     database: str  # its own database, so that its PostgreSQL backends can be told apart
     pid: int = 0
+    endpoints: tuple[str, ...] | None = None  # those it serves; None: every one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,8 +382,8 @@ def log_tail(log: Path, lines: int = 20) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def forge_node_command(app: Path) -> list[str]:
-    return [str(BIN / "forge-node"), "run", "--config", str(app / "forge.toml")]
+def forge_node_command(app: Path, executable: Path = BIN / "forge-node") -> list[str]:
+    return [str(executable), "run", "--config", str(app / "forge.toml")]
 
 
 def bare_command(folder: Path, port: int, workers: int) -> list[str]:
@@ -565,6 +566,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6,
                         help="every case is measured once per round, rotating the servers")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--gthread-checkout", type=Path,
+                        help="also run the forge-node of this checkout (its .venv), the last "
+                             "gthread gateway (commit 270d0f7), on health, trivial, select_one")
     parser.add_argument("--idle-connections", type=int, default=10_000,
                         help="open this many idle connections to forge-node at the end and "
                              "report its memory per connection (0: skip)")
@@ -582,7 +586,9 @@ def main() -> None:
             servers = start_with_and_without_observability(stack, args, admin_url, tmp, env,
                                                            sink)
             endpoints = ("health", "select_one")
-        groups = [[case_for(server, endpoint) for server in servers] for endpoint in endpoints]
+        groups = [[case_for(server, endpoint) for server in servers
+                   if server.endpoints is None or endpoint in server.endpoints]
+                  for endpoint in endpoints]
         meter = CpuMeter(admin_url)
         try:
             rounds = []
@@ -610,11 +616,12 @@ def start_sink(stack: contextlib.ExitStack, tmp: Path, env: dict) -> Server:
 
 
 def start_forge(stack: contextlib.ExitStack, server: Server, args: argparse.Namespace,
-                admin_url: str, tmp: Path, env: dict, observability: str) -> None:
+                admin_url: str, tmp: Path, env: dict, observability: str,
+                executable: Path = BIN / "forge-node") -> None:
     app = write_apps(tmp, server.database, port_of(server), args.workers, args.threads,
                      observability)
     stack.enter_context(serving(
-        server, forge_node_command(app),
+        server, forge_node_command(app, executable),
         {**env, "DATABASE_URL": fresh_database(admin_url, server.database)},
         tmp / f"{server.database}.log", "/_api/ready"))
 
@@ -624,7 +631,8 @@ def start_forge_and_peers(stack: contextlib.ExitStack, args: argparse.Namespace,
     forge = Server("forge-node", f"http://127.0.0.1:{free_port()}", "bench_gateway")
     bare = Server("bare", f"http://127.0.0.1:{free_port()}", "bench_gateway_bare")
     fastapi = Server("fastapi", f"http://127.0.0.1:{free_port()}", "bench_gateway_fastapi")
-    start_forge(stack, forge, args, admin_url, tmp, env, METRICS_ON.format(endpoint=sink.base_url))
+    metrics = METRICS_ON.format(endpoint=sink.base_url)
+    start_forge(stack, forge, args, admin_url, tmp, env, metrics)
     (tmp / "bare.py").write_text(BARE_APP)
     (tmp / "fastapi_app.py").write_text(FASTAPI_APP)
     for server, command in ((bare, bare_command(tmp, port_of(bare), args.workers)),
@@ -632,7 +640,13 @@ def start_forge_and_peers(stack: contextlib.ExitStack, args: argparse.Namespace,
         stack.enter_context(serving(
             server, command, {**env, "DATABASE_URL": fresh_database(admin_url, server.database)},
             tmp / f"{server.name}.log", "/_api/health"))
-    return [forge, bare, fastapi]
+    if args.gthread_checkout is None:
+        return [forge, bare, fastapi]
+    gthread = Server("forge-node gthread", f"http://127.0.0.1:{free_port()}",
+                     "bench_gateway_gthread", endpoints=("health", "trivial", "select_one"))
+    start_forge(stack, gthread, args, admin_url, tmp, env, metrics,
+                args.gthread_checkout / ".venv" / "bin" / "forge-node")
+    return [forge, bare, fastapi, gthread]
 
 
 def start_with_and_without_observability(stack: contextlib.ExitStack,

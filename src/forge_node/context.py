@@ -101,6 +101,11 @@ class AsyncConnectionOnDemand:
         self._checkout: AbstractAsyncContextManager | None = None
         self._conn: psycopg.AsyncConnection | None = None
 
+    @property
+    def taken(self) -> bool:
+        """Whether a statement took a connection (that finish() must give back)."""
+        return self._checkout is not None
+
     async def connection(self) -> psycopg.AsyncConnection:
         if self._conn is None:
             checkout = self._connection()

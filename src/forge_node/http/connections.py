@@ -5,19 +5,31 @@
   or connects and sends nothing, is cut off, so slow clients cannot hold a worker's
   connections (slowloris). Between requests, uvicorn closes a connection idle for
   `keepalive_secs`. (uvicorn alone has no such deadline.)
-- Past `max_connections` open connections in a worker, each request is marked in its ASGI
-  scope (OVER_LIMIT); the app answers it 503 SERVICE_UNAVAILABLE with `Connection: close`,
-  except health and readiness, so the worker sheds connections instead of slowing every one.
+- Past `max_connections` open connections in a worker, a request is answered here, before
+  the app: 503 SERVICE_UNAVAILABLE in the API's JSON envelope, with `Connection: close`, so
+  the worker sheds connections instead of slowing every one. Health and readiness still
+  reach the app, so probes see the truth. Requests under the limit pay one len().
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-OVER_LIMIT = "forge.over_connection_limit"
+from ..encoding import dumps
+from .correlation import new_request_id
+from .errors import SERVICE_UNAVAILABLE
+
+log = logging.getLogger(__name__)
+
+PROBES = frozenset({b"/_api/health", b"/_api/ready"})
+SHED_LOG_INTERVAL_SECS = 60.0
+_last_shed_log = float("-inf")
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
@@ -43,11 +55,20 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         if self.headers_deadline is None:
             self.await_headers()
-        self.scope[OVER_LIMIT] = len(self.connections) > self.max_connections  # type: ignore
 
     def on_headers_complete(self) -> None:
         self.headers_arrived()
-        super().on_headers_complete()
+        if len(self.connections) <= self.max_connections or self.probed():
+            super().on_headers_complete()
+            return
+        app, self.app = self.app, shed_load  # uvicorn runs self.app for this request
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
+
+    def probed(self) -> bool:
+        return httptools.parse_url(self.url).path.rstrip(b"/") in PROBES
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.headers_arrived()
@@ -66,3 +87,22 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.headers_deadline = None
         if not self.transport.is_closing():
             self.transport.close()
+
+
+async def shed_load(scope: dict, receive: Any, send: Any) -> None:
+    """The answer past max_connections: the API's 503, and the connection closed after it."""
+    global _last_shed_log
+    if time.monotonic() - _last_shed_log >= SHED_LOG_INTERVAL_SECS:
+        _last_shed_log = time.monotonic()
+        log.warning("shedding requests: this gateway worker holds more than its "
+                    "[gateway] max_connections connections",
+                    extra={"event": "gateway.connections_shed"})
+    request_id = new_request_id()
+    body = dumps({"success": False, "error": {
+        "code": SERVICE_UNAVAILABLE,
+        "message": "this gateway worker is at its connection limit; try again"},
+        "request_id": request_id}).encode()
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"), (b"x-request-id", request_id.encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -113,17 +113,31 @@ class FunctionRunner:
 
     async def _counted(self, spec: FunctionSpec, args: dict, auth: dict | None,
                        request_id: str, span: trace.Span | None) -> Any:
+        """The function's result; a cancelled statement is its timeout, a database that cannot
+        be reached is 503. (One frame for all of it: this runs on every call.)"""
         outcome = "error"
         try:
-            runs = self._run_async if spec.is_async else self._run_in_thread
-            result = await _mapping_database_errors(spec, request_id, runs(spec, args, auth,
-                                                                            request_id))
+            if spec.is_async:
+                result = await self._run_async(spec, args, auth, request_id)
+            else:
+                result = await self._run_in_thread(spec, args, auth, request_id)
             outcome = "ok"
             return result
         except ApiError as exc:
             outcome = {TIMEOUT: "timeout", SERVICE_UNAVAILABLE: "unavailable"}.get(
                 exc.code, "error")
             raise
+        except psycopg.errors.QueryCanceled:
+            outcome = "timeout"
+            raise _timed_out(spec) from None
+        except PoolTimeout:
+            outcome = "unavailable"
+            raise _unavailable() from None
+        except psycopg.OperationalError as exc:
+            outcome = "unavailable"
+            log.warning("function %s lost the database: %s", spec.name, db.first_line(exc),
+                        extra={"event": "fn.database_unavailable", "request_id": request_id})
+            raise _unavailable() from None
         finally:
             if span is not None:
                 span.set_attribute("fn.outcome", outcome)
@@ -173,14 +187,19 @@ class FunctionRunner:
         ctx = AsyncFunctionContext(functools.partial(self._checkout_async, spec), auth,
                                    request_id)
         try:
-            try:
-                result = await asyncio.wait_for(spec.handler(ctx, args), spec.timeout_secs)
-            except TimeoutError:
-                raise _timed_out(spec) from None
+            if spec.timeout_secs is None:
+                result = await spec.handler(ctx, args)
+            else:
+                try:
+                    result = await asyncio.wait_for(spec.handler(ctx, args), spec.timeout_secs)
+                except TimeoutError:
+                    raise _timed_out(spec) from None
         except BaseException as exc:
-            await ctx.db.finish(exc)
+            if ctx.db.taken:
+                await ctx.db.finish(exc)
             raise
-        await ctx.db.finish(None)
+        if ctx.db.taken:
+            await ctx.db.finish(None)
         return result
 
     @contextlib.asynccontextmanager
@@ -209,21 +228,6 @@ def _call(spec: FunctionSpec, ctx: FunctionContext, args: dict, deadline: float 
         raise
     ctx.finish(None)
     return result
-
-
-async def _mapping_database_errors(spec: FunctionSpec, request_id: str, running: Any) -> Any:
-    """The function's result; a cancelled statement is its timeout, a database that cannot
-    be reached is 503."""
-    try:
-        return await running
-    except psycopg.errors.QueryCanceled:
-        raise _timed_out(spec) from None
-    except PoolTimeout:
-        raise ApiError(503, SERVICE_UNAVAILABLE, "the database is not available") from None
-    except psycopg.OperationalError as exc:
-        log.warning("function %s lost the database: %s", spec.name, db.first_line(exc),
-                    extra={"event": "fn.database_unavailable", "request_id": request_id})
-        raise ApiError(503, SERVICE_UNAVAILABLE, "the database is not available") from None
 
 
 def _pick(pools: list, spec: FunctionSpec) -> Any:
@@ -266,6 +270,10 @@ def _configure_connection(conn: psycopg.Connection) -> None:
 
 async def _configure_async_connection(conn: psycopg.AsyncConnection) -> None:
     conn.row_factory = namedtuple_row
+
+
+def _unavailable() -> ApiError:
+    return ApiError(503, SERVICE_UNAVAILABLE, "the database is not available")
 
 
 def _timed_out(spec: FunctionSpec) -> ApiError:

@@ -1,5 +1,4 @@
-"""Middleware, in the order falcon runs it: the request's ids and telemetry, CORS, then the
-connection limit.
+"""Middleware, in the order falcon runs it: the request's ids and telemetry, then CORS.
 
 `RequestMiddleware` is the one place where a request becomes observable: its request id,
 its `http.request` span (joining an inbound `traceparent`), the x-request-id / x-trace-id /
@@ -20,8 +19,6 @@ from opentelemetry.trace import SpanKind, StatusCode
 from ..observability.logs import REQUEST_ID
 from ..observability.otel import Telemetry, unrecorded_span
 from . import correlation
-from .connections import OVER_LIMIT
-from .errors import SERVICE_UNAVAILABLE, ApiError
 
 access_log = logging.getLogger("forge_node.access")
 
@@ -123,19 +120,6 @@ class CorsMiddleware:
             resp.set_header("access-control-allow-headers",
                             req.get_header("access-control-request-headers") or PREFLIGHT_HEADERS)
             resp.set_header("access-control-max-age", PREFLIGHT_MAX_AGE_SECS)
-
-
-class ConnectionLimitMiddleware:
-    """Past the worker's `max_connections` (the protocol marks the request), answer 503 and
-    close the connection; health and readiness still answer, so probes see the truth."""
-
-    PROBES = frozenset({"/_api/health", "/_api/ready"})
-
-    async def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if req.scope.get(OVER_LIMIT) and req.path not in self.PROBES:
-            resp.set_header("connection", "close")
-            raise ApiError(503, SERVICE_UNAVAILABLE,
-                           "this gateway worker is at its connection limit; try again")
 
 
 def route_of(req: falcon.Request) -> str:
