@@ -566,6 +566,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6,
                         help="every case is measured once per round, rotating the servers")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--endpoints", help="comma-separated: a subset of the cases, e.g. "
+                                            "health,trivial")
     parser.add_argument("--gthread-checkout", type=Path,
                         help="also run the forge-node of this checkout (its .venv), the last "
                              "gthread gateway (commit 270d0f7), on health, trivial, select_one")
@@ -586,6 +588,8 @@ def main() -> None:
             servers = start_with_and_without_observability(stack, args, admin_url, tmp, env,
                                                            sink)
             endpoints = ("health", "select_one")
+        if args.endpoints:
+            endpoints = tuple(e for e in endpoints if e in args.endpoints.split(","))
         groups = [[case_for(server, endpoint) for server in servers
                    if server.endpoints is None or endpoint in server.endpoints]
                   for endpoint in endpoints]
