@@ -43,7 +43,7 @@ class RequestMiddleware:
         parent = propagate.extract({"traceparent": traceparent,
                                     "tracestate": req.get_header("tracestate") or ""}) \
             if traceparent else None
-        if ctx.quiet:
+        if ctx.quiet or not self.telemetry.tracing:  # only its ids: for headers and logs
             span = unrecorded_span(trace.get_current_span(parent).get_span_context())
         else:
             span = self.telemetry.start_span(
@@ -56,8 +56,8 @@ class RequestMiddleware:
         ctx.tokens = (otel_context.attach(trace.set_span_in_context(span, parent)),
                       REQUEST_ID.set(ctx.request_id))
 
-    async def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
-                         req_succeeded: bool) -> None:
+    async def process_response(self, req: falcon.Request, resp: falcon.Response,
+                               resource: object, req_succeeded: bool) -> None:
         ctx = req.context
         resp.set_header("x-request-id", ctx.request_id)
         resp.set_header("x-trace-id", ctx.trace_id)
@@ -75,11 +75,12 @@ class RequestMiddleware:
         route = route_of(req)
         status = resp.status_code
         span = ctx.span
-        span.set_attribute("http.route", route)
-        span.set_attribute("http.response.status_code", status)
-        if status >= 500:
-            span.set_status(StatusCode.ERROR)
-        span.end()
+        if span.is_recording():
+            span.set_attribute("http.route", route)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(StatusCode.ERROR)
+            span.end()
         self.metrics.http_request(req.method, route, status, seconds)
         if not access_log.isEnabledFor(logging.INFO):
             return
@@ -103,8 +104,8 @@ class CorsMiddleware:
             resp.status = falcon.HTTP_204
             resp.complete = True  # answered here, whatever the path
 
-    async def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
-                         req_succeeded: bool) -> None:
+    async def process_response(self, req: falcon.Request, resp: falcon.Response,
+                               resource: object, req_succeeded: bool) -> None:
         origin = req.get_header("origin")
         if not origin or not (self.any_origin or origin in self.origins):
             return
