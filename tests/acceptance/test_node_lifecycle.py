@@ -64,6 +64,7 @@ import forge_node as forge
 '''
     app = make_app(module=slow_module, node={"drain_timeout_secs": 60})
     node = start_node(app, database_url).wait_ready()
+    tree = node.tree()
     # a gateway that ignores SIGTERM would hold the drain for 60 s
     node.children()["gateway"].suspend()
     node.send(signal.SIGINT)
@@ -73,6 +74,9 @@ import forge_node as forge
     node.send(signal.SIGINT)
     assert node.wait(10) == 0
     assert "node.forced_stop" in [e.get("event") for e in node.events()]
+    # the gateway's workers end with their SIGKILLed master: none is left serving
+    wait_until(lambda: not [p for p in tree if p.is_running() and p.status() != "zombie"],
+               timeout=10, message="every process of the node gone")
 
 
 def test_a_killed_child_is_restarted(make_app, start_node, database_url):
