@@ -26,8 +26,16 @@ from .errors import AppLoadError
 Handler = Callable[..., Any]
 
 
+class _HandlerSpec:
+    handler: Handler
+
+    @functools.cached_property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.handler)
+
+
 @dataclass(frozen=True)
-class FunctionSpec:
+class FunctionSpec(_HandlerSpec):
     """A query or mutation callable over `POST /_api/rpc/{name}`."""
 
     name: str
@@ -37,13 +45,9 @@ class FunctionSpec:
     roles: tuple[str, ...] = ()
     timeout_secs: float | None = None
 
-    @functools.cached_property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.handler)
-
 
 @dataclass(frozen=True)
-class JobSpec:
+class JobSpec(_HandlerSpec):
     """A background job: `def f(ctx, args)` or `async def f(ctx, args)`."""
 
     name: str
@@ -53,10 +57,6 @@ class JobSpec:
     timeout_secs: float | None = None
     priority: int = 0
     backoff: Backoff = field(default_factory=lambda: DEFAULT_JOB_BACKOFF)
-
-    @functools.cached_property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.handler)
 
 
 DEFAULT_JOB_BACKOFF = Backoff(base=1.0, factor=2.0, cap=300.0, jitter=0.25)

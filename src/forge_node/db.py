@@ -104,7 +104,7 @@ class _StampingAsyncPool(AsyncConnectionPool):
 
 async def check_if_idle_async(conn: psycopg.AsyncConnection) -> None:
     """check_if_idle for an async pool."""
-    if time.monotonic() - getattr(conn, "_forge_used_at", 0.0) > IDLE_CHECK_SECS:
+    if _idle(conn):
         await AsyncConnectionPool.check_connection(conn)
 
 
@@ -113,8 +113,13 @@ def check_if_idle(conn: psycopg.Connection) -> None:
     still works (after a PostgreSQL restart, every idle one is dead). One returned a moment
     ago was alive then (a broken one is not taken back): checking it too would double the
     round trips of a busy pool."""
-    if time.monotonic() - getattr(conn, "_forge_used_at", 0.0) > IDLE_CHECK_SECS:
+    if _idle(conn):
         ConnectionPool.check_connection(conn)
+
+
+def _idle(conn: psycopg.Connection | psycopg.AsyncConnection) -> bool:
+    """Unused for over IDLE_CHECK_SECS (a pool stamps a connection when it comes back)."""
+    return time.monotonic() - getattr(conn, "_forge_used_at", 0.0) > IDLE_CHECK_SECS
 
 
 def first_line(exc: BaseException) -> str:

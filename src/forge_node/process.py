@@ -94,7 +94,7 @@ class RoleProcess:
         signal.set_wakeup_fd(-1)
         atexit._clear()
         os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only, which drains us
-        _die_with_parent(self.ctx.supervisor_pid)
+        end_with_parent(self.ctx.supervisor_pid)
         for fd in self.ctx.inherited_fds:
             _close_quietly(fd)
         os.environ.pop("NOTIFY_SOCKET", None)
@@ -110,13 +110,17 @@ class RoleProcess:
     def boot(self) -> None:
         """After-fork setup of a plain role process: its signals, its wakeup pipe and its
         telemetry."""
+        self.install_signal_handlers()
+        config = self.ctx.config
+        self.telemetry = Telemetry.start(config.observability, config.project.name, self.role,
+                                         str(self.ctx.node_id))
+
+    def install_signal_handlers(self) -> None:
+        """The wakeup pipe, and SIGTERM/SIGINT to stop: every caught signal wakes the loop."""
         self.waker = Waker()
         self.waker.install()
         signal.signal(signal.SIGTERM, self.handle_stop)
         signal.signal(signal.SIGINT, self.handle_stop)
-        config = self.ctx.config
-        self.telemetry = Telemetry.start(config.observability, config.project.name, self.role,
-                                         str(self.ctx.node_id))
 
     def run(self) -> None:
         """Report ready, then turn until stopped: tick, one guarded step of work, wait."""
@@ -233,9 +237,9 @@ def spawn(process: RoleProcess) -> int:
         os._exit(code)
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask for SIGTERM when the supervisor dies, then check it did not die before we asked.
-    (Elsewhere than Linux, the per-second parent check in tick() still ends orphans.)"""
+def end_with_parent(parent_pid: int) -> None:
+    """Ask for SIGTERM when the parent dies, then check it did not die before we asked.
+    (Elsewhere than Linux, a role's per-second parent check in tick() still ends orphans.)"""
     linux.die_with_parent(signal.SIGTERM)
     if os.getppid() != parent_pid:
         os._exit(EXIT_OK)

@@ -30,13 +30,11 @@ from gunicorn.errors import HaltServer
 from gunicorn.workers.base import Worker
 from uvicorn_worker import UvicornWorker
 
-from .. import linux
 from ..errors import EXIT_CONFIG
 from ..http.app import DrainFlag, GatewayDeps, create_app
 from ..http.connections import GatewayHttpProtocol
 from ..observability.otel import Telemetry
-from ..process import RoleProcess
-from ..wakeup import Waker
+from ..process import RoleProcess, end_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +52,8 @@ class GatewayProcess(RoleProcess):
             raise SystemExit(EXIT_CONFIG) from None
         self.halted: HaltServer | None = None
         self.arbiter.start()  # binds the port; installs gunicorn's handlers, replaced next
-        self.waker = Waker()
-        self.waker.install()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-            signal.signal(signum, self.handle_stop)
+        self.install_signal_handlers()
+        signal.signal(signal.SIGQUIT, self.handle_stop)
         signal.signal(signal.SIGCHLD, self.handle_chld)
         self.arbiter.manage_workers()
         setproctitle.setproctitle("forge-node: gateway")
@@ -234,8 +230,6 @@ def _after_worker_fork(process: GatewayProcess):
         signal.set_wakeup_fd(-1)
         process.waker.close()
         setproctitle.setproctitle("forge-node: gateway worker")
-        linux.die_with_parent(signal.SIGTERM)
-        if os.getppid() != arbiter.pid:
-            os._exit(0)
+        end_with_parent(arbiter.pid)
 
     return post_fork
