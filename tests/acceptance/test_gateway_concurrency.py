@@ -15,6 +15,7 @@ import time
 import urllib.request
 
 import psutil
+import pytest
 
 from tests.plugins.nodes import wait_until
 
@@ -225,3 +226,12 @@ def test_past_max_connections_calls_get_503_while_probes_answer(make_app, start_
         assert get_status(app.port, "/_api/health") == 200
         assert get_status(app.port, "/_api/ready") == 200
     wait_until(lambda: post(app.port, "ping")[0] == 200, message="calls answer again")
+
+
+def test_a_limit_too_low_for_max_connections_is_logged(make_app, start_node, database_url):
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        pytest.skip("the hard open-files limit is unlimited: no limit to be below")
+    _, node = gateway_node(make_app, start_node, database_url, max_connections=hard)
+    warned = node.wait_for_event("node.open_files_too_low")
+    assert (warned["open_files"], warned["needed"]) == (hard, hard + 256)
