@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 
 from .app import JobSpec, current_registry
 from .encoding import to_jsonable
+from .observability.logs import REQUEST
 from .sql import Queries
 
 Q = Queries.load(__file__, "jobs.sql")
@@ -118,10 +119,15 @@ def _job_params(spec: JobSpec, run_at: datetime.datetime | None, delay_secs: flo
 
 
 def current_traceparent() -> str | None:
-    """The W3C traceparent of the current span, so the job's run joins the enqueuer's trace."""
+    """The W3C traceparent of the current span (or request, when it has no span of its own),
+    so the job's run joins the enqueuer's trace."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
-    return carrier.get("traceparent")
+    traceparent = carrier.get("traceparent")
+    if traceparent is None and (request := REQUEST.get()) is not None:
+        flags = "01" if request.sampled else "00"
+        traceparent = f"00-{request.trace_id}-{request.span_id}-{flags}"
+    return traceparent
 
 
 def _json_object(args: dict[str, Any] | None) -> dict[str, Any]:

@@ -217,6 +217,12 @@ def test_nothing_is_sent_when_disabled(make_app, start_node, database_url, otlp)
     assert len(headers["x-trace-id"]) == 32  # ids and headers work all the same
     wait_until(lambda: any(e.get("message") == "shipping D-4" for e in node.events()),
                message="the job ran")
+    # the console lines still name the request's trace: the function's, and the job's
+    [placing] = [e for e in node.events() if e.get("message") == "placing order for D-4"]
+    assert (placing["trace_id"], placing["span_id"], placing["request_id"]) == \
+        (headers["x-trace-id"], headers["x-span-id"], headers["x-request-id"])
+    [shipping] = [e for e in node.events() if e.get("message") == "shipping D-4"]
+    assert shipping["trace_id"] == headers["x-trace-id"]
     time.sleep(1.5)
     assert otlp.requests == 0
     assert "monitor" not in node.children()

@@ -21,14 +21,14 @@ def lines(stream):
 def test_lines_carry_role_node_trace_request_and_job():
     stream = capture()
     tracer = TracerProvider().get_tracer("test")
-    token = logs.REQUEST_ID.set("req-1")
+    token = logs.REQUEST.set(logs.RequestIds("req-1", "a" * 32, "b" * 16, False))
     job = logs.JOB_ID.set(42)
     try:
         with tracer.start_as_current_span("work") as span:
             logging.getLogger("app").info("hello %s", "there", extra={"event": "x.y"})
             context = span.get_span_context()
     finally:
-        logs.REQUEST_ID.reset(token)
+        logs.REQUEST.reset(token)
         logs.JOB_ID.reset(job)
     logging.getLogger("app").warning("outside")
     inside, outside = lines(stream)
@@ -40,6 +40,18 @@ def test_lines_carry_role_node_trace_request_and_job():
     assert "trace_id" not in outside and "request_id" not in outside
     assert outside["level"] == "warning" and outside["ts"].endswith("Z")
     assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+def test_a_request_without_a_span_is_named_by_its_own_ids():
+    stream = capture("gateway")
+    token = logs.REQUEST.set(logs.RequestIds("req-2", "c" * 32, "d" * 16, False))
+    try:
+        logging.getLogger("app").info("no span here")
+    finally:
+        logs.REQUEST.reset(token)
+    [line] = lines(stream)
+    assert (line["request_id"], line["trace_id"], line["span_id"]) == \
+        ("req-2", "c" * 32, "d" * 16)
 
 
 def test_opentelemetry_complaints_pass_once_a_minute_per_logger():

@@ -22,7 +22,7 @@ from ..observability.otel import Telemetry
 from . import errors
 from .errors import NOT_FOUND, ApiError
 from .functions import FunctionRunner
-from .middleware import CorsMiddleware, RequestMiddleware
+from .middleware import RequestMiddleware
 from .resources.frontend import FrontendSink
 from .resources.health import DatabaseProbe, HealthResource, ReadyResource
 from .resources.rpc import RpcResource
@@ -67,8 +67,8 @@ class GatewayDeps:
 
 def create_app(deps: GatewayDeps) -> falcon.asgi.App:
     gateway = deps.config.gateway
-    app = falcon.asgi.App(middleware=[RequestMiddleware(deps.telemetry, gateway.quiet_routes),
-                                      CorsMiddleware(gateway.cors_origins)])
+    app = falcon.asgi.App(middleware=RequestMiddleware(deps.telemetry, gateway.quiet_routes,
+                                                       gateway.cors_origins))
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
     app.add_route("/_api/health", HealthResource(), suffix="async")

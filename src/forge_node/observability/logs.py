@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from opentelemetry import trace
 
@@ -26,8 +26,17 @@ _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message", "asctime", "taskName"}
 
 
-REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id",
-                                                                         default=None)
+class RequestIds(NamedTuple):
+    """A request's ids, as its response headers give them: trace and span ids in hex."""
+
+    request_id: str
+    trace_id: str
+    span_id: str
+    sampled: bool
+
+
+REQUEST: contextvars.ContextVar[RequestIds | None] = contextvars.ContextVar("request",
+                                                                           default=None)
 JOB_ID: contextvars.ContextVar[int | None] = contextvars.ContextVar("job_id", default=None)
 OTEL_LOGGER_PREFIX = "opentelemetry"
 OTEL_COMPLAINT_INTERVAL_SECS = 60.0
@@ -44,14 +53,19 @@ class ProcessContext(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.role = self.role
         record.node_id = self.node_id
-        span = trace.get_current_span().get_span_context()
-        if span.is_valid and not hasattr(record, "trace_id"):
-            record.trace_id = format(span.trace_id, "032x")
-            record.span_id = format(span.span_id, "016x")
-        for name, var in (("request_id", REQUEST_ID), ("job_id", JOB_ID)):
-            value = var.get()
-            if value is not None and not hasattr(record, name):
-                setattr(record, name, value)
+        request = REQUEST.get()
+        if not hasattr(record, "trace_id"):
+            span = trace.get_current_span().get_span_context()
+            if span.is_valid:  # the innermost span: a function's or a job's, the app's own
+                record.trace_id = format(span.trace_id, "032x")
+                record.span_id = format(span.span_id, "016x")
+            elif request is not None:
+                record.trace_id, record.span_id = request.trace_id, request.span_id
+        if request is not None and not hasattr(record, "request_id"):
+            record.request_id = request.request_id
+        job_id = JOB_ID.get()
+        if job_id is not None and not hasattr(record, "job_id"):
+            record.job_id = job_id
         return True
 
 

@@ -44,6 +44,7 @@ class Telemetry:
     metrics: Metrics
     meter: metrics_api.Meter
     _shutdowns: tuple
+    exports_logs: bool = False
 
     @classmethod
     def start(cls, config: ObservabilityConfig, service: str, role: str,
@@ -60,11 +61,19 @@ class Telemetry:
             histogram_exporter.histograms = metrics.histograms
         sampler = RatioSampler(config.sampling_ratio) if shipper else None
         shutdowns = tuple(p.shutdown for p in (shipper, meter_provider, logger_provider) if p)
-        return cls(SpanFactory(sampler, shipper), metrics, meter, shutdowns)
+        return cls(SpanFactory(sampler, shipper), metrics, meter, shutdowns,
+                   logger_provider is not None)
 
     @property
     def tracing(self) -> bool:
         return self.spans.shipper is not None
+
+    @property
+    def needs_span_context(self) -> bool:
+        """Whether a request's span must be OpenTelemetry's current one: for exported traces,
+        and for exported logs, whose records take their trace ids from it. Otherwise the
+        request's ids in `logs.REQUEST` serve the console lines and the jobs it enqueues."""
+        return self.tracing or self.exports_logs
 
     def start_span(self, name: str, *, parent: Context | None = None,
                    kind: trace.SpanKind = trace.SpanKind.INTERNAL,
