@@ -11,10 +11,17 @@ import json
 import uuid
 from typing import Any
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
 
 def to_jsonable(value: Any) -> Any:
     """Rows (named tuples) become objects; tuples and sets become arrays."""
-    if isinstance(value, str | int | float | bool) or value is None:
+    kind = type(value)
+    if kind in _PLAIN:  # exact types first: this runs on every value of every answer
+        return value
+    if kind is dict:
+        return {str(k): v if type(v) in _PLAIN else to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, str | int | float | bool):  # subclasses: enums of str or int
         return value
     if isinstance(value, dict):
         return {str(k): to_jsonable(v) for k, v in value.items()}
@@ -41,5 +48,8 @@ def _scalar(value: Any) -> Any:
     raise TypeError(f"a {type(value).__name__} cannot be encoded as JSON")
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # one, not one per call
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(value)

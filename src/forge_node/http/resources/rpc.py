@@ -109,15 +109,19 @@ async def read_args(req: falcon.asgi.Request, max_bytes: int) -> dict[str, Any]:
 
 async def read_body(req: falcon.asgi.Request, max_bytes: int) -> bytes:
     """The body, refused with 413 past `max_bytes` whether it has a length or is chunked."""
-    too_large = ApiError(413, PAYLOAD_TOO_LARGE, f"the body is larger than {max_bytes} bytes")
-    if req.content_length is not None:
-        if req.content_length > max_bytes:
-            raise too_large
+    length = req.content_length
+    if length is not None:
+        if length > max_bytes:
+            raise _too_large(max_bytes)
         return await req.stream.read()  # bounded by the length: one read, no loop
     chunks, size = [], 0  # chunked: counted as it arrives
     async for chunk in req.stream:
         chunks.append(chunk)
         size += len(chunk)
         if size > max_bytes:
-            raise too_large
+            raise _too_large(max_bytes)
     return b"".join(chunks)
+
+
+def _too_large(max_bytes: int) -> ApiError:
+    return ApiError(413, PAYLOAD_TOO_LARGE, f"the body is larger than {max_bytes} bytes")
