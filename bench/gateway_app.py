@@ -211,7 +211,7 @@ def build_app(case: str, tmp: Path, sink: str):
     telemetry = Telemetry.start(config.observability, config.project.name, "gateway",
                                 str(uuid.uuid4()))
     deps = GatewayDeps.build(config, os.environ["DATABASE_URL"], registry, telemetry,
-                             DrainFlag(), "bench gateway_app")
+                             DrainFlag(), "bench gateway_app", uuid.uuid4())
 
     def close() -> None:
         if deps.runner is not None:

@@ -44,6 +44,7 @@ class FunctionSpec(_HandlerSpec):
     public: bool = False
     roles: tuple[str, ...] = ()
     timeout_secs: float | None = None
+    live: tuple[str, ...] = ()  # the tables a live query reads (see live.py)
 
 
 @dataclass(frozen=True)
@@ -142,12 +143,13 @@ def _import_failed(module: str, exc: BaseException) -> AppLoadError:
 def _function_decorator(kind: str) -> Callable[..., Any]:
     def decorator(handler: Handler | None = None, *, public: bool = False,
                   roles: list[str] | tuple[str, ...] = (), timeout_secs: float | None = None,
-                  name: str | None = None) -> Any:
+                  name: str | None = None, live: list[str] | tuple[str, ...] = ()) -> Any:
         def register(fn: Handler) -> Handler:
             if timeout_secs is not None and timeout_secs <= 0:
                 raise AppLoadError(f"{fn.__name__}: timeout_secs must be greater than 0")
             _current.add_function(FunctionSpec(name or fn.__name__, kind, fn, public,
-                                               tuple(roles), timeout_secs))
+                                               tuple(roles), timeout_secs,
+                                               _live_tables(fn, kind, live)))
             return fn
 
         return register(handler) if handler is not None else register
@@ -155,6 +157,16 @@ def _function_decorator(kind: str) -> Callable[..., Any]:
     decorator.__name__ = kind
     decorator.__doc__ = f"Mark `def f(ctx, args)` as a {kind}; works bare or with keywords."
     return decorator
+
+
+def _live_tables(fn: Handler, kind: str, live: Any) -> tuple[str, ...]:
+    if isinstance(live, str) or not all(isinstance(t, str) and t.strip() for t in live):
+        raise AppLoadError(f"{fn.__name__}: live must be a list of table names, like "
+                           f'live=["notes"], got {live!r}')
+    if live and kind != "query":
+        raise AppLoadError(f"{fn.__name__}: live applies to queries (a {kind} changes tables; "
+                           "it does not watch them)")
+    return tuple(live)
 
 
 query = _function_decorator("query")

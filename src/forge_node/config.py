@@ -80,6 +80,29 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True)
+class SubscriptionsConfig:
+    """[gateway.subscriptions]: live queries and job streams over SSE."""
+
+    max_per_session: int = 100
+    max_per_node: int = 100_000  # shared evenly by the node's gateway workers
+    send_queue: int = 256  # events waiting for a slow client; past it, it is disconnected
+    debounce_ms: int = 50
+    keepalive_secs: float = 15
+    ticket_ttl_secs: float = 30
+    job_poll_ms: int = 250
+
+    def problems(self) -> list[str]:
+        name = "gateway.subscriptions"
+        return (_at_least(self.max_per_session, 1, f"{name}.max_per_session")
+                + _at_least(self.max_per_node, 1, f"{name}.max_per_node")
+                + _at_least(self.send_queue, 1, f"{name}.send_queue")
+                + _at_least(self.debounce_ms, 0, f"{name}.debounce_ms")
+                + _positive(self.keepalive_secs, f"{name}.keepalive_secs")
+                + _positive(self.ticket_ttl_secs, f"{name}.ticket_ttl_secs")
+                + _at_least(self.job_poll_ms, 10, f"{name}.job_poll_ms"))
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     port: int = 8080
     workers: int = field(default_factory=lambda: min(os.cpu_count() or 1, 8))
@@ -91,9 +114,10 @@ class GatewayConfig:
     keepalive_secs: int = 75
     header_timeout_secs: float = 10
     max_connections: int = 10_000
+    subscriptions: SubscriptionsConfig = field(default_factory=SubscriptionsConfig)
 
     def problems(self) -> list[str]:
-        found = []
+        found = self.subscriptions.problems()
         if not 1 <= self.port <= 65535:
             found.append(f"gateway.port must be between 1 and 65535, got {self.port}")
         found += _at_least(self.workers, 1, "gateway.workers")
@@ -381,6 +405,8 @@ def _build_section(name: str, raw: dict[str, Any], environ: typing.Mapping[str, 
         if typing.get_origin(hints[key]) is dict:
             converted = _build_tables(f"{name}.{key}", value, environ, problems,
                                       typing.get_args(hints[key])[1])
+        elif dataclasses.is_dataclass(hints[key]):
+            converted = _build_table(f"{name}.{key}", value, environ, problems, hints[key])
         else:
             converted = _convert(f"{name}.{key}", value, hints[key], environ, problems)
         if converted is not _INVALID:
@@ -391,6 +417,16 @@ def _build_section(name: str, raw: dict[str, Any], environ: typing.Mapping[str, 
     if len(problems) > before:
         return None
     return cls(**values)
+
+
+def _build_table(name: str, raw: Any, environ: typing.Mapping[str, str], problems: list[str],
+                 cls: type) -> Any:
+    """One nested table, e.g. [gateway.subscriptions]."""
+    if not isinstance(raw, dict):
+        problems.append(f"{name} must be a table ([{name}]), got {_describe(raw)}")
+        return _INVALID
+    built = _build_section(name, raw, environ, problems, cls)
+    return _INVALID if built is None else built
 
 
 def _build_tables(name: str, raw: Any, environ: typing.Mapping[str, str], problems: list[str],

@@ -245,3 +245,10 @@ def list_jobs(conn: psycopg.Connection, status: str | None = None, type: str | N
 
 def queue_depths(conn: psycopg.Connection) -> list[dict[str, Any]]:
     return conn.cursor(row_factory=dict_row).execute(Q.queue_depths).fetchall()
+
+
+async def job_states(conn: psycopg.AsyncConnection, job_ids: list[int]) -> dict[int, dict]:
+    """Status, attempt and progress of each job that exists, by id (live job streams)."""
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(Q.job_states, {"ids": job_ids})
+    return {row["id"]: row for row in await cursor.fetchall()}

@@ -188,3 +188,6 @@ WHERE id IN (SELECT id FROM forge_jobs
                AND completed_at < now() - make_interval(secs => %(retention_secs)s)
              ORDER BY completed_at
              LIMIT %(batch)s);
+
+-- name: job_states
+SELECT id, status, attempt, progress, progress_message FROM forge_jobs WHERE id = ANY(%(ids)s);

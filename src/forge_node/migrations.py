@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -111,14 +111,17 @@ class Migrator:
         self.url = url
         self.migrations = migrations
 
-    def up(self) -> list[Migration]:
-        """Apply every pending migration in order; return those applied by this call."""
+    def up(self, then: Callable[[psycopg.Connection], None] | None = None) -> list[Migration]:
+        """Apply every pending migration in order; return those applied by this call. `then`
+        runs after them, still under the lock (the live queries' triggers)."""
         with self._locked_session() as conn:
             applied = self._applied(conn)
             self._check_drift(applied)
             pending = [m for m in self.migrations if (m.source, m.version) not in applied]
             for migration in pending:
                 self._apply(conn, migration)
+            if then is not None:
+                then(conn)
             return pending
 
     def down(self, steps: int = 1) -> list[Migration]:

@@ -7,6 +7,7 @@ is enough; what needs gunicorn and signals (drain, probes) runs `forge-node run`
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -52,7 +53,7 @@ class Gateway:
         Migrator(database_url, all_migrations(self.config.root)).up()
         telemetry = Telemetry.start(self.config.observability, "test", "gateway", "test-node")
         self.deps = GatewayDeps.build(self.config, database_url, registry, telemetry,
-                                      DrainFlag(), "test")
+                                      DrainFlag(), "test", uuid.uuid4())
         self.client = falcon.testing.TestClient(create_app(self.deps))
 
     def rpc(self, name: str, args: Any = None, **kwargs: Any) -> falcon.testing.Result:

@@ -10,6 +10,7 @@ from .. import __version__
 from ..app import load_app
 from ..cluster import NodeIdentity
 from ..errors import EXIT_CONFIG, ForgeNodeError
+from ..live import sync_triggers
 from ..migrations import Migrator, all_migrations
 from ..observability import logs
 from .common import DEFAULT_CONFIG, ConfigPath, database_url, fail, load_config
@@ -34,7 +35,8 @@ def run(config_path: ConfigPath = DEFAULT_CONFIG) -> None:
         app = load_app(config.root, config.project.app)
         app.check(config)  # before an embedded PostgreSQL is started for nothing
         with database_url(config) as url:
-            Migrator(url, all_migrations(config.root)).up()
+            Migrator(url, all_migrations(config.root)).up(
+                then=lambda conn: sync_triggers(conn, app))
             code = Supervisor(config, url, app, node).run()
     except ForgeNodeError as exc:
         fail(exc)

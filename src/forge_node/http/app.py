@@ -3,14 +3,18 @@
     /_api/health          liveness, no database
     /_api/ready           readiness: the database answers and the node is not draining
     /_api/rpc/{name}      queries and mutations
+    /_api/events, /_api/events/ticket, /_api/subscribe, /_api/subscribe-job,
+    /_api/unsubscribe     live queries and job progress over SSE (resources/events.py)
     /_api/...             anything else under /_api: a JSON 404 (never the frontend)
     everything else       the frontend (static_dir) with SPA fallback, or a JSON 404
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from uuid import UUID
 
 import falcon
 import falcon.asgi
@@ -22,7 +26,16 @@ from ..observability.otel import Telemetry
 from . import errors
 from .errors import NOT_FOUND, ApiError
 from .functions import FunctionRunner
+from .livehub import LiveHub
 from .middleware import RequestMiddleware
+from .resources.events import (
+    ClientScriptResource,
+    EventsResource,
+    SubscribeJobResource,
+    SubscribeResource,
+    TicketResource,
+    UnsubscribeResource,
+)
 from .resources.frontend import FrontendSink
 from .resources.health import DatabaseProbe, HealthResource, ReadyResource
 from .resources.rpc import RpcResource
@@ -30,9 +43,18 @@ from .resources.rpc import RpcResource
 
 @dataclass
 class DrainFlag:
-    """Set when this process starts draining; readiness answers 503 from then on."""
+    """Set when this process starts draining; readiness answers 503 from then on.
+    `announce()` runs on the event loop once the drain starts (streams end with it)."""
 
     draining: bool = False
+    announced: bool = False
+    on_drain: list[Callable[[], None]] = field(default_factory=list)
+
+    def announce(self) -> None:
+        if not self.announced:
+            self.announced = True
+            for callback in self.on_drain:
+                callback()
 
 
 @dataclass
@@ -44,11 +66,13 @@ class GatewayDeps:
     runner: FunctionRunner | None
     verifier: TokenVerifier | None
     drain: DrainFlag = field(default_factory=DrainFlag)
+    hub: LiveHub | None = None
 
     @classmethod
     def build(cls, config: Config, database_url: str, registry: AppRegistry,
-              telemetry: Telemetry, drain: DrainFlag, purpose: str) -> GatewayDeps:
-        runner = None
+              telemetry: Telemetry, drain: DrainFlag, purpose: str,
+              node_id: UUID) -> GatewayDeps:
+        runner = hub = None
         if "function" in config.node.roles:
             runner = FunctionRunner.for_urls(
                 database_url,
@@ -57,9 +81,12 @@ class GatewayDeps:
                 statement_timeout_secs=config.database.statement_timeout_secs,
                 threads=config.gateway.threads, purpose=purpose, telemetry=telemetry)
             runner.open()
+            hub = LiveHub(config.gateway.subscriptions, registry, runner, node_id, database_url,
+                          config.gateway.workers)
+            drain.on_drain.append(hub.shutdown)
         verifier = TokenVerifier(config.auth) if config.auth.configured else None
         return cls(config, registry, telemetry, DatabaseProbe(database_url, f"{purpose} ready"),
-                   runner, verifier, drain)
+                   runner, verifier, drain, hub)
 
     def readiness(self) -> tuple[bool, bool]:
         return self.database.fetch() is not None, not self.drain.draining
@@ -75,6 +102,13 @@ def create_app(deps: GatewayDeps) -> falcon.asgi.App:
     app.add_route("/_api/ready", ReadyResource(deps.readiness), suffix="async")
     app.add_route("/_api/rpc/{name}", RpcResource(deps.registry, deps.runner, deps.verifier,
                                                   gateway.max_body_bytes))
+    live = (deps.hub, deps.registry, deps.verifier, gateway.max_body_bytes)
+    app.add_route("/_api/events", EventsResource(*live))
+    app.add_route("/_api/events/ticket", TicketResource(*live))
+    app.add_route("/_api/subscribe", SubscribeResource(*live))
+    app.add_route("/_api/subscribe-job", SubscribeJobResource(*live))
+    app.add_route("/_api/unsubscribe", UnsubscribeResource(*live))
+    app.add_route("/_api/client.js", ClientScriptResource())
     app.add_sink(FrontendSink(static_root(deps.config)), "/")
     app.add_sink(_api_not_found, r"^/_api(/|$)")
     return app

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httptools
@@ -67,8 +68,13 @@ class HeaderDeadlines:
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
+    """Each request's scope holds its connection as `forge.connection`: a live stream sets
+    `on_lost` to hear of the client's going, and aborts the transport of a client too slow
+    to read its events."""
+
     max_connections: int = 10_000
     deadlines: HeaderDeadlines
+    on_lost: Callable[[], None] | None = None
 
     @classmethod
     def with_limits(cls, header_timeout_secs: float,
@@ -84,6 +90,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope["forge.connection"] = self  # type: ignore[typeddict-unknown-key]
         if self not in self.deadlines.waiting:  # a connection's first request: since connected
             self.deadlines.start(self)
 
@@ -104,6 +111,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.deadlines.stop(self)
         super().connection_lost(exc)
+        if self.on_lost is not None:
+            self.on_lost()
 
     def headers_too_slow(self) -> None:
         if not self.transport.is_closing():

@@ -203,11 +203,27 @@ class FunctionRunner:
         return result
 
     @contextlib.asynccontextmanager
-    async def _checkout_async(self, spec: FunctionSpec) -> AsyncIterator[psycopg.AsyncConnection]:
+    async def primary_connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A read-write connection of the primary's async pool, for the gateway's own
+        statements (live sessions), in one transaction; 503 when the database is away."""
+        await self._open_async_pools()
+        try:
+            async with self.async_pools[0].connection(timeout=POOL_WAIT_SECS) as conn:
+                if conn.read_only:
+                    await conn.set_read_only(False)
+                yield conn
+        except (PoolTimeout, psycopg.OperationalError):
+            raise _unavailable() from None
+
+    async def _open_async_pools(self) -> None:
         if not self._async_opened:
             self._async_opened = True
             for pool in self.async_pools:
                 await pool.open(wait=False)
+
+    @contextlib.asynccontextmanager
+    async def _checkout_async(self, spec: FunctionSpec) -> AsyncIterator[psycopg.AsyncConnection]:
+        await self._open_async_pools()
         async with _pick(self.async_pools, spec).connection(timeout=POOL_WAIT_SECS) as conn:
             read_only = spec.kind == "query"
             if conn.read_only != read_only:

@@ -132,10 +132,16 @@ class DrainingServer(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         """Every 0.1 s: end the first step of a drain once nothing is in flight."""
         started = self.drain_started_at
+        if started is not None:
+            self.drain.announce()  # here, on the loop: live streams end with `shutdown`
         if started is not None and (not self.server_state.tasks
                                     or time.monotonic() - started >= self.announce_secs):
             self.should_exit = True
         return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list | None = None) -> None:
+        self.drain.announce()  # a stop without the first step (SIGQUIT, a second signal)
+        await super().shutdown(sockets)
 
 
 class GatewayLogger(glogging.Logger):
@@ -169,7 +175,8 @@ class GatewayServer(BaseApplication):
         self.telemetry = Telemetry.start(ctx.config.observability, ctx.config.project.name,
                                          "gateway", str(ctx.node_id))
         deps = GatewayDeps.build(ctx.config, ctx.database_url, ctx.app, self.telemetry,
-                                 self.drain, f"gateway {str(ctx.node_id)[:8]} pid {os.getpid()}")
+                                 self.drain, f"gateway {str(ctx.node_id)[:8]} pid {os.getpid()}",
+                                 ctx.node_id)
         return create_app(deps)
 
 

@@ -39,11 +39,11 @@ class RpcResource:
         if self.runner is None:
             raise ApiError(503, FUNCTION_ROLE_DISABLED,
                            "this node does not run functions (no function role)")
-        claims = await self.authenticate(req)
+        claims = await authenticate(req, self.verifier)
         spec = self.registry.functions.get(name)
         if spec is None:
             raise ApiError(404, NOT_FOUND, f"no function named {name!r}")
-        self.authorize(spec, claims)
+        authorize(spec, claims)
         args = await read_args(req, self.max_body_bytes)
         request_id = req.context.request_id
         try:
@@ -54,42 +54,46 @@ class RpcResource:
         resp.text = dumps({"success": True, "data": to_jsonable(result),
                            "request_id": request_id})
 
-    async def authenticate(self, req: falcon.asgi.Request) -> dict[str, Any] | None:
-        """The verified claims, None without a token; a bad token is 401 even when public."""
-        header = req.get_header("authorization")
-        if not header:
-            return None
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, UNAUTHORIZED, "the Authorization header must be 'Bearer <token>'")
-        if self.verifier is None:
-            raise ApiError(401, UNAUTHORIZED, "this app does not accept tokens ([auth] is not "
-                                              "configured)")
-        try:
-            if self.verifier.jwks is None:
-                return self.verifier.verify(token.strip())
-            # RS256 may fetch the issuer's keys: over HTTP, so not on the event loop
-            return await asyncio.to_thread(self.verifier.verify, token.strip())
-        except InvalidToken as exc:
-            raise ApiError(401, UNAUTHORIZED, f"invalid token: {exc}") from None
-        except KeysUnavailable as exc:
-            raise ApiError(503, SERVICE_UNAVAILABLE, str(exc)) from None
-
-    @staticmethod
-    def authorize(spec: FunctionSpec, claims: dict[str, Any] | None) -> None:
-        if spec.public:
-            return
-        if claims is None:
-            raise ApiError(401, UNAUTHORIZED, f"{spec.name} needs a token")
-        if spec.roles:
-            held = claims.get("roles")
-            held = [held] if isinstance(held, str) else held if isinstance(held, list) else []
-            if not any(role in held for role in spec.roles):  # held may hold anything
-                raise ApiError(403, FORBIDDEN,
-                               f"{spec.name} needs one of the roles {', '.join(spec.roles)}")
+async def authenticate(req: falcon.asgi.Request,
+                       verifier: TokenVerifier | None) -> dict[str, Any] | None:
+    """The verified claims, None without a token; a bad token is 401 even when public."""
+    header = req.get_header("authorization")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, UNAUTHORIZED, "the Authorization header must be 'Bearer <token>'")
+    if verifier is None:
+        raise ApiError(401, UNAUTHORIZED, "this app does not accept tokens ([auth] is not "
+                                          "configured)")
+    try:
+        if verifier.jwks is None:
+            return verifier.verify(token.strip())
+        # RS256 may fetch the issuer's keys: over HTTP, so not on the event loop
+        return await asyncio.to_thread(verifier.verify, token.strip())
+    except InvalidToken as exc:
+        raise ApiError(401, UNAUTHORIZED, f"invalid token: {exc}") from None
+    except KeysUnavailable as exc:
+        raise ApiError(503, SERVICE_UNAVAILABLE, str(exc)) from None
 
 
-async def read_args(req: falcon.asgi.Request, max_bytes: int) -> dict[str, Any]:
+def authorize(spec: FunctionSpec, claims: dict[str, Any] | None) -> None:
+    if spec.public:
+        return
+    if claims is None:
+        raise ApiError(401, UNAUTHORIZED, f"{spec.name} needs a token")
+    if spec.roles:
+        held = claims.get("roles")
+        held = [held] if isinstance(held, str) else held if isinstance(held, list) else []
+        if not any(role in held for role in spec.roles):  # held may hold anything
+            raise ApiError(403, FORBIDDEN,
+                           f"{spec.name} needs one of the roles {', '.join(spec.roles)}")
+
+
+async def read_json_object(req: falcon.asgi.Request, max_bytes: int,
+                           shape: str) -> dict[str, Any]:
+    """The body as a JSON object ({} when empty); 400 naming `shape` otherwise, 413 past
+    `max_bytes`."""
     raw = await read_body(req, max_bytes)
     if not raw.strip():
         return {}
@@ -98,7 +102,12 @@ async def read_args(req: falcon.asgi.Request, max_bytes: int) -> dict[str, Any]:
     except ValueError:
         raise ApiError(400, INVALID_ARGUMENT, "the body is not valid JSON") from None
     if not isinstance(body, dict):
-        raise ApiError(400, INVALID_ARGUMENT, 'the body must be a JSON object: {"args": {...}}')
+        raise ApiError(400, INVALID_ARGUMENT, f"the body must be a JSON object: {shape}")
+    return body
+
+
+async def read_args(req: falcon.asgi.Request, max_bytes: int) -> dict[str, Any]:
+    body = await read_json_object(req, max_bytes, '{"args": {...}}')
     args = body.get("args")
     if args is None:
         return {}

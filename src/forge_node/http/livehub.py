@@ -1,0 +1,470 @@
+"""One gateway worker's live sessions, and the shared re-runs of their queries.
+
+    browser --GET /_api/events--> Session: a bounded queue of events, streamed as SSE
+    any worker --POST /_api/subscribe--> forge_live_subscriptions + NOTIFY <session's channel>
+    this worker's listener <-- NOTIFY <channel> (a session id): reload that session's rows
+                           <-- NOTIFY forge_live (a table's oid): the groups reading it re-run
+    Group: one (function, args, identity). It runs once per change, however many sessions
+           watch it, and pushes its result only when it differs from the last one sent.
+
+Changes are debounced: the first marks the groups dirty and arms a timer of `debounce_ms`;
+writes within the window ride along. A group that changes while it runs runs again after.
+A session whose queue holds `send_queue` events is a client that stopped reading: it is
+disconnected, so it never slows the others or grows memory. The listener's connection is
+opened by the first stream and kept; after it reconnects, every group re-runs and every
+session reloads, since notifications sent meanwhile are lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from falcon.asgi import SSEvent
+
+from .. import db, jobs, live
+from ..app import AppRegistry, FunctionSpec
+from ..config import SubscriptionsConfig
+from ..encoding import dumps, to_jsonable
+from ..errors import Error
+from .correlation import new_request_id
+from .errors import INTERNAL_ERROR, NOT_FOUND, TOO_MANY_SUBSCRIPTIONS, UNAUTHORIZED, ApiError
+from .functions import FunctionRunner, error_for_app_error
+
+log = logging.getLogger(__name__)
+
+RETRY_SECS = 1.0
+TERMINAL_JOB_STATES = frozenset({"completed", "dead", "cancelled"})
+TIME_CLAIMS = ("exp", "iat", "nbf", "jti")  # two tokens of one identity differ only in these
+
+
+def identity_of(claims: dict | None) -> str:
+    """What a query's result may depend on besides its args: the claims, less their times."""
+    if claims is None:
+        return ""
+    return json.dumps({k: v for k, v in claims.items() if k not in TIME_CLAIMS},
+                      sort_keys=True, default=str)
+
+
+class Session:
+    """One event stream: what it watches and the events it has yet to send."""
+
+    def __init__(self, session_id: str, claims: dict | None, limit: int) -> None:
+        self.id = session_id
+        self.claims = claims
+        self.limit = limit
+        self.events: collections.deque[SSEvent] = collections.deque()
+        self.wakeup = asyncio.Event()
+        self.watching: dict[str, Watch] = {}
+        self.closed = False
+        self.seq = 0
+        self.connection: Any = None  # the HTTP connection, to cut a client that stopped reading
+
+    def push(self, event: str, data: str) -> bool:
+        """Queue an event (its JSON text); False when the client has `limit` events unread."""
+        if self.closed:
+            return True
+        if len(self.events) >= self.limit:
+            return False
+        self.seq += 1
+        self.events.append(SSEvent(event=event, text=data, event_id=f"{self.id}:{self.seq}"))
+        self.wakeup.set()
+        return True
+
+    def end(self, event: str | None = None) -> None:
+        """Stop the stream after what is queued (and `event`, past the limit if need be)."""
+        if event is not None and not self.closed:
+            self.seq += 1
+            self.events.append(SSEvent(event=event, text="{}", event_id=f"{self.id}:{self.seq}"))
+        self.closed = True
+        self.wakeup.set()
+
+    async def stream(self, keepalive_secs: float) -> AsyncIterator[SSEvent | None]:
+        """The SSE body: queued events as they come, a comment line when quiet (None)."""
+        while True:
+            if not self.events:
+                if self.closed:
+                    return
+                self.wakeup.clear()
+                try:
+                    async with asyncio.timeout(keepalive_secs):
+                        await self.wakeup.wait()
+                except TimeoutError:
+                    yield None  # falcon sends an SSE comment: the keep-alive
+                    continue
+            while self.events:
+                yield self.events.popleft()
+
+
+@dataclass(eq=False)
+class Watch:
+    """A session's subscription: to a group's query, or to a job."""
+
+    id: str
+    session: Session
+    expires_at: float | None
+    group: Group | None = None
+    job_id: int | None = None
+    row: tuple = ()  # the stored subscription, to tell a changed one from the same
+
+
+@dataclass(eq=False)
+class Group:
+    """Every watch of one query with the same args and identity: one run serves them all."""
+
+    key: tuple
+    spec: FunctionSpec
+    args: dict
+    claims: dict | None
+    watches: set[Watch] = field(default_factory=set)
+    last: str | None = None  # the payload last sent: a result or an error
+    running: bool = False
+    dirty: bool = False
+
+
+class LiveHub:
+    def __init__(self, settings: SubscriptionsConfig, registry: AppRegistry,
+                 runner: FunctionRunner, node_id: UUID, database_url: str,
+                 workers: int) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.runner = runner
+        self.node_id = node_id
+        self.database_url = database_url
+        self.capacity = max(1, settings.max_per_node // max(1, workers))
+        self.channel = f"forge_live_{node_id.hex[:16]}_{os.getpid()}"
+        self.sessions: dict[str, Session] = {}
+        self.groups: dict[tuple, Group] = {}
+        self.readers: dict[str, set[Group]] = {}  # table -> the groups that read it
+        self.tables: dict[int, str] = {}  # oid -> table, as notifications name them
+        self.jobs: dict[int, set[Watch]] = {}
+        self.job_states: dict[int, dict] = {}
+        self.dirty: set[Group] = set()
+        self.flush_timer: asyncio.TimerHandle | None = None
+        self.listening = asyncio.Event()
+        self.tasks: set[asyncio.Task] = set()
+        self.listener: asyncio.Task | None = None
+        self.housekeeper: asyncio.Task | None = None
+        self.shut = False
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    async def open(self, claims: dict | None) -> Session:
+        """A new session, registered and listened for; DatabaseUnavailable-like errors raise."""
+        if self.listener is None:  # not in this request's context: its ids are not the hub's
+            self.listener = asyncio.create_task(self.listen(), context=contextvars.Context())
+        async with asyncio.timeout(10):
+            await self.listening.wait()
+        session = Session(secrets.token_urlsafe(16), claims, self.settings.send_queue)
+        async with self.runner.primary_connection() as conn:
+            await live.open_session(conn, session.id, self.node_id, os.getpid(), self.channel,
+                                    None if claims is None else _subject(claims))
+        self.sessions[session.id] = session
+        if self.housekeeper is None:
+            self.housekeeper = asyncio.create_task(self.keep_house(),
+                                                   context=contextvars.Context())
+        session.push("connected", dumps({"session_id": session.id}))
+        return session
+
+    def close(self, session: Session) -> None:
+        """The stream ended: forget the session here and in the database."""
+        if self.sessions.pop(session.id, None) is None:
+            return
+        session.end()
+        for watch in list(session.watching.values()):
+            self.drop(watch)
+        self.spawn(self.forget_sessions([session.id]))
+
+    async def forget_sessions(self, session_ids: list[str]) -> None:
+        try:
+            async with self.runner.primary_connection() as conn:
+                await live.close_sessions(conn, session_ids)
+        except (psycopg.Error, ApiError) as exc:  # the node's end removes them all the same
+            log.debug("could not remove live sessions: %s", exc)
+
+    def shutdown(self) -> None:
+        """Drain: every stream ends with `event: shutdown`, so its client reconnects elsewhere."""
+        self.shut = True
+        for session in list(self.sessions.values()):
+            session.end("shutdown")
+        for task in (self.listener, self.housekeeper):
+            if task is not None:
+                task.cancel()
+
+    def disconnect(self, session: Session) -> None:
+        """A client that stopped reading: cut its connection, whatever it has unread."""
+        log.warning("live session %s disconnected: its client stopped reading (%d events "
+                    "waiting)", session.id, len(session.events),
+                    extra={"event": "live.slow_client"})
+        session.events.clear()
+        connection = session.connection
+        if connection is not None and connection.transport is not None:
+            connection.transport.abort()
+        self.close(session)
+
+    def send(self, watch: Watch, event: str, payload: dict | str) -> None:
+        """Queue an event for the watch's session; `payload` as an object, or as the JSON text
+        of one without the watch's id (a shared result: encoded once for all its watches)."""
+        if isinstance(payload, dict):
+            data = dumps({"id": watch.id, **payload})
+        else:
+            data = f'{{"id":{json.dumps(watch.id)},{payload[1:]}'
+        if not watch.session.push(event, data):
+            self.disconnect(watch.session)
+
+    # -- the listener --------------------------------------------------------------------------
+
+    async def listen(self) -> None:
+        """LISTEN for changes and wake-ups; reconnect (and catch up) whenever the link drops."""
+        lost = False
+        while not self.shut:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                        self.database_url, autocommit=True,
+                        **db.connection_kwargs(f"gateway {os.getpid()} live")) as conn:
+                    await conn.execute(f"LISTEN {live.CHANGES_CHANNEL}")
+                    await conn.execute(f"LISTEN {self.channel}")
+                    self.tables = await live.table_oids(conn, list(live.live_tables(
+                        self.registry)))
+                    if lost:
+                        log.info("live updates listening again",
+                                 extra={"event": "live.listener_back"})
+                        self.catch_up()
+                    lost = False
+                    self.listening.set()
+                    async for notify in conn.notifies():
+                        self.notified(notify.channel, notify.payload)
+            except psycopg.Error as exc:
+                self.listening.clear()
+                if not lost:
+                    log.warning("live updates lost the database: %s", db.first_line(exc),
+                                extra={"event": "live.listener_lost"})
+                lost = True
+                await asyncio.sleep(RETRY_SECS)
+
+    def notified(self, channel: str, payload: str) -> None:
+        if channel == live.CHANGES_CHANNEL:
+            table = self.tables.get(int(payload)) if payload.isdigit() else None
+            if table is not None:
+                self.changed(self.readers.get(table, ()))
+        elif payload in self.sessions:
+            self.spawn(self.reload(self.sessions[payload]))
+
+    def catch_up(self) -> None:
+        for session in list(self.sessions.values()):
+            self.spawn(self.reload(session))
+        self.changed(self.groups.values())
+
+    # -- subscriptions -------------------------------------------------------------------------
+
+    async def reload(self, session: Session) -> None:
+        """Make the session's watches match its stored subscriptions."""
+        try:
+            async with self.runner.primary_connection() as conn:
+                rows = await live.subscriptions_of(conn, session.id)
+        except (psycopg.Error, ApiError) as exc:
+            log.warning("could not read live subscriptions: %s", exc,
+                        extra={"event": "live.reload_failed"})
+            return
+        if session.closed:
+            return
+        stored = {row["id"]: row for row in rows}
+        for watch_id in session.watching.keys() - stored.keys():
+            self.drop(session.watching[watch_id])
+        for watch_id, row in stored.items():
+            key = (row["function"], json.dumps(row["args"], sort_keys=True), row["job_id"],
+                   json.dumps(row["claims"], sort_keys=True))
+            current = session.watching.get(watch_id)
+            if current is not None and current.row == key:
+                continue
+            if current is not None:
+                self.drop(current)
+            self.add(session, row, key)
+
+    def add(self, session: Session, row: dict, key: tuple) -> None:
+        claims = row["claims"]
+        watch = Watch(row["id"], session, _expiry(claims), row=key)
+        if sum(len(s.watching) for s in self.sessions.values()) >= self.capacity:
+            self.send(watch, "error", _error(TOO_MANY_SUBSCRIPTIONS,
+                                             "this gateway worker holds as many subscriptions "
+                                             "as [gateway.subscriptions] max_per_node allows"))
+            self.spawn(self.unsubscribe(watch))
+            return
+        session.watching[watch.id] = watch
+        if row["job_id"] is not None:
+            watch.job_id = row["job_id"]
+            self.jobs.setdefault(watch.job_id, set()).add(watch)
+            state = self.job_states.get(watch.job_id)
+            if state is not None:
+                self.send(watch, "job", state)
+            return
+        spec = self.registry.functions[row["function"]]
+        group_key = (spec.name, json.dumps(row["args"], sort_keys=True), identity_of(claims))
+        group = self.groups.get(group_key)
+        if group is None:
+            group = self.groups[group_key] = Group(group_key, spec, row["args"], claims)
+            for table in spec.live:
+                self.readers.setdefault(table, set()).add(group)
+        group.watches.add(watch)
+        watch.group = group
+        if group.last is not None:
+            self.send(watch, _kind(group.last), group.last)
+        if not group.running:
+            self.spawn(self.run(group))  # the current result at once, not after the debounce
+
+    def drop(self, watch: Watch) -> None:
+        session = watch.session
+        if session.watching.get(watch.id) is watch:
+            del session.watching[watch.id]
+        if watch.job_id is not None:
+            watchers = self.jobs.get(watch.job_id, set())
+            watchers.discard(watch)
+            if not watchers:
+                self.jobs.pop(watch.job_id, None)
+                self.job_states.pop(watch.job_id, None)
+        group = watch.group
+        if group is not None:
+            group.watches.discard(watch)
+            if not group.watches:
+                self.groups.pop(group.key, None)
+                self.dirty.discard(group)
+                for table in group.spec.live:
+                    self.readers.get(table, set()).discard(group)
+
+    async def unsubscribe(self, watch: Watch) -> None:
+        """Remove a watch that ended here (an expired token, a finished job) from the table."""
+        try:
+            async with self.runner.primary_connection() as conn:
+                await live.remove_subscription(conn, watch.session.id, watch.id)
+        except (psycopg.Error, ApiError) as exc:
+            log.debug("could not remove a live subscription: %s", exc)
+
+    def end_watch(self, watch: Watch, event: str, payload: dict | str) -> None:
+        self.send(watch, event, payload)
+        self.drop(watch)
+        self.spawn(self.unsubscribe(watch))
+
+    # -- re-runs -------------------------------------------------------------------------------
+
+    def changed(self, groups: Any) -> None:
+        """Tables changed: re-run the groups reading them once the debounce window closes."""
+        self.dirty.update(groups)
+        if self.dirty and self.flush_timer is None:
+            self.flush_timer = asyncio.get_running_loop().call_later(
+                self.settings.debounce_ms / 1000, self.flush)
+
+    def flush(self) -> None:
+        self.flush_timer = None
+        dirty, self.dirty = self.dirty, set()
+        for group in dirty:
+            if group.running:
+                group.dirty = True  # runs again when the current run ends
+            elif group.watches:
+                self.spawn(self.run(group))
+
+    async def run(self, group: Group) -> None:
+        group.running = True
+        try:
+            while True:
+                group.dirty = False
+                payload = await self.result_of(group)
+                if payload != group.last and group.watches:
+                    group.last = payload
+                    kind = _kind(payload)
+                    for watch in list(group.watches):
+                        self.send(watch, kind, payload)
+                if not group.dirty or not group.watches:
+                    return
+        finally:
+            group.running = False
+
+    async def result_of(self, group: Group) -> str:
+        """The group's query result as sent (its JSON), or the error it raised."""
+        try:
+            result = await self.runner.run(group.spec, group.args, group.claims,
+                                           new_request_id())
+            return dumps({"data": to_jsonable(result)})
+        except ApiError as exc:
+            return dumps({"error": {"code": exc.code, "message": exc.message}})
+        except Error as exc:
+            api = error_for_app_error(exc)
+            return dumps({"error": {"code": api.code, "message": api.message}})
+        except Exception:
+            log.exception("live query %s failed", group.spec.name,
+                          extra={"event": "live.query_failed"})
+            return dumps({"error": {"code": INTERNAL_ERROR, "message": "internal error"}})
+
+    # -- housekeeping: expired tokens, job states --------------------------------------------
+
+    async def keep_house(self) -> None:
+        interval = self.settings.job_poll_ms / 1000
+        while not self.shut:
+            await asyncio.sleep(interval)
+            self.expire(time.time())
+            if self.jobs:
+                await self.poll_jobs()
+
+    def expire(self, now: float) -> None:
+        for session in list(self.sessions.values()):
+            for watch in list(session.watching.values()):
+                if watch.expires_at is not None and watch.expires_at <= now:
+                    self.end_watch(watch, "error", _error(
+                        UNAUTHORIZED, "the token of this subscription expired; subscribe "
+                                      "again with a new one"))
+
+    async def poll_jobs(self) -> None:
+        try:
+            async with self.runner.primary_connection() as conn:
+                states = await jobs.job_states(conn, list(self.jobs))
+        except (psycopg.Error, ApiError):
+            return  # the next poll tries again
+        for job_id, watchers in list(self.jobs.items()):
+            state = states.get(job_id)
+            if state is None:
+                for watch in list(watchers):
+                    self.end_watch(watch, "error", _error(NOT_FOUND, f"no job {job_id}"))
+                continue
+            state = {"job_id": job_id, **{k: v for k, v in state.items() if k != "id"}}
+            if state == self.job_states.get(job_id):
+                continue
+            self.job_states[job_id] = state
+            for watch in list(watchers):
+                if state["status"] in TERMINAL_JOB_STATES:
+                    self.end_watch(watch, "job", state)
+                else:
+                    self.send(watch, "job", state)
+
+    def spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+def _kind(payload: str) -> str:
+    return "error" if payload.startswith('{"error"') else "result"
+
+
+def _error(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+def _expiry(claims: dict | None) -> float | None:
+    exp = (claims or {}).get("exp")
+    return float(exp) if isinstance(exp, int | float) else None
+
+
+def _subject(claims: dict) -> str | None:
+    subject = claims.get("sub")
+    return None if subject is None else str(subject)
+
