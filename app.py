@@ -1,10 +1,11 @@
 """The demo app: notes you can list and add over `POST /_api/rpc/{name}`, and a background
-job that counts each note's words once it is added."""
+job that counts each note's words once it is added. `list_notes` is live: a page subscribed
+to it (frontend/build/index.html) sees every note as it is added, on any node."""
 
 import forge_node as forge
 
 
-@forge.query(public=True)
+@forge.query(public=True, live=["notes"])
 def list_notes(ctx, args):
     return ctx.db.execute(
         "SELECT id, body, words, created_at FROM notes ORDER BY id").fetchall()

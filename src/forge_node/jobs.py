@@ -248,7 +248,7 @@ def queue_depths(conn: psycopg.Connection) -> list[dict[str, Any]]:
 
 
 async def job_states(conn: psycopg.AsyncConnection, job_ids: list[int]) -> dict[int, dict]:
-    """Status, attempt and progress of each job that exists, by id (live job streams)."""
+    """Status, attempts and progress of each job that exists, by id (live job streams)."""
     cursor = conn.cursor(row_factory=dict_row)
     await cursor.execute(Q.job_states, {"ids": job_ids})
     return {row["id"]: row for row in await cursor.fetchall()}

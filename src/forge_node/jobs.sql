@@ -190,4 +190,4 @@ WHERE id IN (SELECT id FROM forge_jobs
              LIMIT %(batch)s);
 
 -- name: job_states
-SELECT id, status, attempt, progress, progress_message FROM forge_jobs WHERE id = ANY(%(ids)s);
+SELECT id, status, attempts, progress, progress_message FROM forge_jobs WHERE id = ANY(%(ids)s);

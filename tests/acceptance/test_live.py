@@ -4,6 +4,7 @@ stays current whichever node makes the change, at the cost of one query per chan
 from __future__ import annotations
 
 import json
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugins.gateway import SECRET
+from tests.plugins.gateway import SECRET, bearer, hs256_token
+from tests.plugins.nodes import wait_until
 from tests.plugins.sse import SseStream
 
 MODULE = '''
@@ -130,3 +132,178 @@ def test_a_subscriber_gets_the_result_then_every_change_made_on_another_node(liv
         assert stream.quiet_for(1.0)  # re-run, same result: nothing sent
     finally:
         stream.close()
+
+
+def test_identical_subscriptions_share_one_run_per_change(live_nodes):
+    [node] = live_nodes(1)
+    streams = [SseStream(node.app.port) for _ in range(20)]
+    try:
+        for stream in streams:  # one worker may hold them all, or both: sharing is per worker
+            assert subscribe(node.app.port, stream.session_id(), "s", args={"tag": "same"})[0] \
+                == 200
+        for stream in streams:
+            assert stream.next().event == "result"
+        before = runs_of(live_nodes.runs, "same")
+        assert before <= 2  # one first run per worker that holds some of them
+        call(node.app.port, "add_note", {"body": "one change"})
+        for stream in streams:
+            assert [n["body"] for n in stream.next().data["data"]] == ["one change"]
+        assert runs_of(live_nodes.runs, "same") - before <= 2
+        for _ in range(5):  # a burst within the debounce window: one more run per worker
+            call(node.app.port, "add_note", {"body": "burst", "hidden": True})
+        assert streams[0].quiet_for(0.5)
+        assert runs_of(live_nodes.runs, "same") - before <= 4
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+def test_job_progress_streams_from_start_to_completion(live_nodes):
+    [node] = live_nodes(1, roles=("gateway", "function", "worker"))
+    stream = SseStream(node.app.port)
+    try:
+        session = stream.session_id()
+        job_id = call(node.app.port, "start_work", {"steps": 3})
+        status, body = post(node.app.port, "/_api/subscribe-job",
+                            {"session_id": session, "id": "job", "job_id": job_id})
+        assert status == 200, body
+        updates = []
+        while not updates or updates[-1]["status"] != "completed":
+            event = stream.next()
+            assert event.event == "job" and event.data["id"] == "job"
+            updates.append(event.data)
+        assert updates[-1]["progress"] == 100
+        assert any(u["status"] == "running" and 0 < (u["progress"] or 0) < 100 for u in updates)
+        assert all(u["job_id"] == job_id for u in updates)
+    finally:
+        stream.close()
+
+
+def test_a_client_that_stops_reading_is_disconnected(live_nodes, database_url):
+    [node] = live_nodes(1, send_queue=5)
+    slow = SseStream(node.app.port, read=False)  # reads its first lines, then nothing more
+    line = b""
+    while not line.startswith(b"data:"):
+        line = slow.response.fp.readline()
+    session = json.loads(line[5:])["session_id"]
+    big = {"body": "x" * 200_000}  # each result holds every note: the socket fills quickly
+    assert subscribe(node.app.port, session, "s")[0] == 200
+    for _ in range(40):
+        call(node.app.port, "add_note", big)
+    wait_until(lambda: session_gone(database_url, session), timeout=20,
+               message="the slow client's session to be dropped")
+    node.wait_for_event("live.slow_client")
+    fast = SseStream(node.app.port)  # the others are served as ever
+    try:
+        assert subscribe(node.app.port, fast.session_id(), "s")[0] == 200
+        assert fast.next().event == "result"
+    finally:
+        fast.close()
+        slow.conn.close()
+
+
+def session_gone(database_url: str, session_id: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return conn.execute("SELECT 1 FROM forge_live_sessions WHERE id = %s",
+                            [session_id]).fetchone() is None
+
+
+def test_every_stream_ends_with_shutdown_on_sigterm(live_nodes):
+    [node] = live_nodes(1)
+    streams = [SseStream(node.app.port) for _ in range(4)]
+    for stream in streams:
+        stream.session_id()
+    started = time.monotonic()
+    node.send(signal.SIGTERM)
+    for stream in streams:
+        assert stream.next().event == "shutdown"
+        assert stream.ended.wait(5)
+    assert node.wait(30) == 0
+    assert time.monotonic() - started < 10  # the open streams did not hold the drain
+
+
+def test_tickets_open_a_stream_once_and_tokens_expire(live_nodes):
+    [node] = live_nodes(1)
+    port = node.app.port
+    assert post(port, "/_api/events/ticket", {})[0] == 401
+    token = hs256_token({"roles": ["admin"]}, ttl=3)
+    status, body = post(port, "/_api/events/ticket", {}, bearer(token))
+    assert status == 200, body
+    ticket = body["data"]["ticket"]
+    stream = SseStream(port, f"/_api/events?ticket={ticket}")
+    try:
+        session = stream.session_id()
+        assert SseStream(port, f"/_api/events?ticket={ticket}", read=False).status == 401
+        assert subscribe(port, session, "count", "note_count")[1]["error"]["code"] == \
+            "UNAUTHORIZED"  # the subscribing call needs the token too: no anonymous admin
+        assert subscribe(port, session, "count", "note_count", headers=bearer(token))[0] == 200
+        assert stream.next().data == {"id": "count", "data": 0}
+        expired = stream.next(timeout=10)
+        assert (expired.event, expired.data["error"]["code"]) == ("error", "UNAUTHORIZED")
+    finally:
+        stream.close()
+
+
+def test_bad_requests_get_the_json_error_envelope(live_nodes):
+    [node] = live_nodes(1)
+    port = node.app.port
+    stream = SseStream(port)
+    try:
+        session = stream.session_id()
+        other = bearer(hs256_token({"sub": "someone-else", "roles": ["admin"]}))
+        cases = [
+            ({"session_id": session, "id": "a", "function": "missing"}, None, 404, "NOT_FOUND"),
+            ({"session_id": session, "id": "a", "function": "add_note"}, None, 400,
+             "INVALID_ARGUMENT"),
+            ({"session_id": session, "id": "a", "function": "not_live"}, None, 400,
+             "INVALID_ARGUMENT"),
+            ({"session_id": session, "id": "a", "function": "notes", "args": [1]}, None, 400,
+             "INVALID_ARGUMENT"),
+            ({"session_id": "nope", "id": "a", "function": "notes"}, None, 404, "NOT_FOUND"),
+            ({"session_id": session, "function": "notes"}, None, 400, "INVALID_ARGUMENT"),
+            ({"session_id": session, "id": "a", "function": "note_count"}, None, 401,
+             "UNAUTHORIZED"),
+            ({"session_id": session, "id": "a", "function": "notes"}, other, 403, "FORBIDDEN"),
+        ]
+        for body, headers, status, code in cases:
+            got_status, got = post(port, "/_api/subscribe", body, headers)
+            assert (got_status, got["error"]["code"]) == (status, code), body
+            assert got["success"] is False and got["request_id"]
+        assert post(port, "/_api/subscribe-job", {"session_id": session, "id": "j",
+                                                  "job_id": 999999})[0] == 404
+        assert post(port, "/_api/subscribe-job", {"session_id": session, "id": "j",
+                                                  "job_id": "1"})[0] == 400
+        assert post(port, "/_api/unsubscribe", {"session_id": "nope", "id": "a"})[0] == 404
+        bad_ticket = SseStream(port, "/_api/events?ticket=forged", read=False)
+        assert bad_ticket.status == 401
+        assert json.loads(bad_ticket.response.read())["error"]["code"] == "UNAUTHORIZED"
+        assert stream.quiet_for(0.3)  # none of it reached the stream
+    finally:
+        stream.close()
+
+
+def test_unsubscribe_and_reconnect_get_the_current_state(live_nodes):
+    [node] = live_nodes(1)
+    port = node.app.port
+    first = SseStream(port)
+    session = first.session_id()
+    assert subscribe(port, session, "s")[0] == 200
+    assert first.next().data["data"] == []
+    call(port, "add_note", {"body": "before"})
+    seen = first.next()
+    last_id = seen.id
+    assert post(port, "/_api/unsubscribe", {"session_id": session, "id": "s"})[0] == 200
+    call(port, "add_note", {"body": "while unsubscribed"})
+    assert first.quiet_for(0.5)
+    first.close()
+    call(port, "add_note", {"body": "while away"})
+    again = SseStream(port, headers={"Last-Event-ID": last_id})
+    try:
+        assert subscribe(port, again.session_id(), "s")[0] == 200
+        current = again.next()
+        assert [n["body"] for n in current.data["data"]] == \
+            ["before", "while unsubscribed", "while away"]
+    finally:
+        again.close()

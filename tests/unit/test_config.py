@@ -157,10 +157,27 @@ def test_wrong_types_name_the_key_and_the_expected_type(tmp_path, text, expected
     ('[observability]\nlog_level = "loud"', "observability.log_level must be one of debug,"),
     ('[cluster]\ndiscovery = "consul"', 'cluster.discovery must be "postgres"'),
     ('[gateway]\ncors_origins = ["example.com"]', 'gateway.cors_origins: "example.com" is not'),
+    ("[gateway.subscriptions]\nsend_queue = 0",
+     "gateway.subscriptions.send_queue must be at least 1, got 0"),
+    ("[gateway.subscriptions]\ndebounce_msec = 5",
+     "unknown key gateway.subscriptions.debounce_msec (did you mean "
+     "gateway.subscriptions.debounce_ms?)"),
+    ("[gateway]\nsubscriptions = 5", "gateway.subscriptions must be a table"),
 ])
 def test_invalid_values_name_the_key_and_what_is_valid(tmp_path, text, expected):
     found = problems(tmp_path, f'{text}\n[project]\nname = "demo"\n')
     assert any(expected in p for p in found), found
+
+
+def test_live_update_settings_have_their_defaults_and_can_be_set(tmp_path):
+    default = config.load(write(tmp_path, '[project]\nname = "demo"\n'), {}).gateway
+    assert (default.subscriptions.max_per_session, default.subscriptions.send_queue,
+            default.subscriptions.debounce_ms, default.subscriptions.keepalive_secs) == \
+        (100, 256, 50, 15)
+    cfg = config.load(write(tmp_path, '[project]\nname = "demo"\n[gateway.subscriptions]\n'
+                                      "debounce_ms = 5\nmax_per_session = 7\n"), {})
+    assert (cfg.gateway.subscriptions.debounce_ms, cfg.gateway.subscriptions.max_per_session,
+            cfg.gateway.port) == (5, 7, 8080)
 
 
 def test_the_app_must_be_an_importable_module_name(tmp_path):

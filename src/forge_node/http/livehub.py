@@ -318,10 +318,10 @@ class LiveHub:
                 self.readers.setdefault(table, set()).add(group)
         group.watches.add(watch)
         watch.group = group
-        if group.last is not None:
-            self.send(watch, _kind(group.last), group.last)
-        if not group.running:
-            self.spawn(self.run(group))  # the current result at once, not after the debounce
+        if group.last is not None:  # the group's current result (a change waiting in the
+            self.send(watch, _kind(group.last), group.last)  # debounce follows soon)
+        elif not group.running:  # a new group runs at once, not after the debounce
+            self.spawn(self.run(group))
 
     def drop(self, watch: Watch) -> None:
         session = watch.session
