@@ -203,6 +203,10 @@ def test_the_reference_forge_toml_documents_every_key_and_checks_clean(database_
         for field in dataclasses.fields(cls):
             if field.name == "pools":
                 assert "max_concurrent_jobs" in documented["worker.pools.general"]
+            elif dataclasses.is_dataclass(field.default_factory):  # a nested table
+                for nested in dataclasses.fields(field.default_factory):
+                    assert nested.name in documented[f"{section}.{field.name}"], \
+                        f"{section}.{field.name}.{nested.name}"
             else:
                 assert field.name in documented[section], f"{section}.{field.name}"
     env = node_env(database_url, JWT_SECRET="a-production-secret-of-at-least-32-bytes")
