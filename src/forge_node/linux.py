@@ -1,8 +1,10 @@
-"""The two prctl(2) calls a process supervisor needs on Linux (no-ops elsewhere)."""
+"""The two prctl(2) calls a process supervisor needs on Linux (no-ops elsewhere), and a
+liveness check of a local pid."""
 
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 
 _PR_SET_PDEATHSIG = 1
@@ -26,3 +28,14 @@ def adopt_orphans() -> bool:
     """Become the reaper of orphaned descendants (gunicorn workers whose master died), as
     PID 1 of a container is anyway; the supervisor's waitpid(-1) then collects them."""
     return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (any owner)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

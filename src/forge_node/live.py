@@ -118,10 +118,12 @@ async def sessions_of_node(conn: psycopg.AsyncConnection, node_id: UUID) -> list
     return await cursor.fetchall()
 
 
-async def find_session(conn: psycopg.AsyncConnection, session_id: str) -> dict | None:
-    """The session's channel, identity and number of subscriptions; None when unknown."""
+async def find_session(conn: psycopg.AsyncConnection, session_id: str,
+                       subscription_id: str) -> dict | None:
+    """The session's channel, identity and number of subscriptions other than
+    `subscription_id` (which a new one would replace); None when unknown."""
     cursor = conn.cursor(row_factory=dict_row)
-    await cursor.execute(Q.find_session, {"id": session_id})
+    await cursor.execute(Q.find_session, {"id": session_id, "subscription_id": subscription_id})
     return await cursor.fetchone()
 
 
@@ -142,15 +144,17 @@ async def unsubscribe(conn: psycopg.AsyncConnection, session: dict, session_id: 
                       subscription_id: str) -> None:
     async with conn.transaction():
         await conn.execute(Q.remove_subscription, {"session_id": session_id,
-                                                   "id": subscription_id})
+                                                   "id": subscription_id, "created_at": None})
         await conn.execute(Q.wake_session, {"channel": session["channel"],
                                             "session_id": session_id})
 
 
 async def remove_subscription(conn: psycopg.AsyncConnection, session_id: str,
-                              subscription_id: str) -> None:
-    """A subscription that ended on its own (a finished job, an expired token)."""
-    await conn.execute(Q.remove_subscription, {"session_id": session_id, "id": subscription_id})
+                              subscription_id: str, stored_at: Any) -> None:
+    """A subscription that ended on its own (a finished job, an expired token): that row
+    only, not one the client stored again under the same id meanwhile."""
+    await conn.execute(Q.remove_subscription, {"session_id": session_id, "id": subscription_id,
+                                               "created_at": stored_at})
 
 
 async def subscriptions_of(conn: psycopg.AsyncConnection, session_id: str) -> list[dict]:

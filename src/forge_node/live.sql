@@ -26,7 +26,8 @@ DELETE FROM forge_live_sessions WHERE id = ANY(%(ids)s);
 
 -- name: find_session
 SELECT channel, identity,
-       (SELECT count(*) FROM forge_live_subscriptions s WHERE s.session_id = l.id) AS watching
+       (SELECT count(*) FROM forge_live_subscriptions s
+        WHERE s.session_id = l.id AND s.id <> %(subscription_id)s) AS watching
 FROM forge_live_sessions l WHERE id = %(id)s;
 
 -- name: add_subscription
@@ -37,10 +38,11 @@ SET function = excluded.function, args = excluded.args, job_id = excluded.job_id
     claims = excluded.claims, created_at = now();
 
 -- name: remove_subscription
-DELETE FROM forge_live_subscriptions WHERE session_id = %(session_id)s AND id = %(id)s;
+DELETE FROM forge_live_subscriptions WHERE session_id = %(session_id)s AND id = %(id)s
+    AND (%(created_at)s::timestamptz IS NULL OR created_at = %(created_at)s);
 
 -- name: list_subscriptions
-SELECT id, function, args, job_id, claims FROM forge_live_subscriptions
+SELECT id, function, args, job_id, claims, created_at FROM forge_live_subscriptions
 WHERE session_id = %(session_id)s;
 
 -- name: wake_session

@@ -3,13 +3,16 @@ stays current whichever node makes the change, at the cost of one query per chan
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import os
 import signal
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.plugins.gateway import SECRET, bearer, hs256_token
@@ -39,6 +42,14 @@ async def note_count(ctx, args):
 @forge.query(public=True)
 def not_live(ctx, args):
     return 1
+
+
+@forge.query(public=True)
+def nap(ctx, args):
+    with open(os.environ["RUNS_FILE"], "a") as runs:
+        runs.write("nap\\n")
+    time.sleep(args["secs"])
+    return "rested"
 
 
 @forge.mutation(public=True)
@@ -95,12 +106,13 @@ def live_nodes(make_app, start_node, database_url, tmp_path):
     runs.touch()
     started = []
 
-    def start(count: int = 1, roles=("gateway", "function"), **subscriptions):
+    def start(count: int = 1, roles=("gateway", "function"), workers: int = 2,
+              **subscriptions):
         for _ in range(count):
             app = make_app(module=MODULE, migrations=MIGRATIONS, node={"roles": list(roles)},
                            auth={"jwt_secret": SECRET},
-                           gateway={"workers": 2, "subscriptions": {"debounce_ms": 20,
-                                                                    **subscriptions}})
+                           gateway={"workers": workers,
+                                    "subscriptions": {"debounce_ms": 20, **subscriptions}})
             node = start_node(app, database_url, RUNS_FILE=str(runs)).wait_ready()
             node.app = app
             started.append(node)
@@ -203,23 +215,28 @@ def test_a_client_that_stops_reading_is_disconnected(live_nodes, database_url):
 
 
 def session_gone(database_url: str, session_id: str) -> bool:
-    import psycopg
-
     with psycopg.connect(database_url, autocommit=True) as conn:
         return conn.execute("SELECT 1 FROM forge_live_sessions WHERE id = %s",
                             [session_id]).fetchone() is None
 
 
 def test_every_stream_ends_with_shutdown_on_sigterm(live_nodes):
-    [node] = live_nodes(1)
+    [node] = live_nodes(1, workers=1)
     streams = [SseStream(node.app.port) for _ in range(4)]
     for stream in streams:
         stream.session_id()
-    started = time.monotonic()
-    node.send(signal.SIGTERM)
-    for stream in streams:
-        assert stream.next().event == "shutdown"
-        assert stream.ended.wait(5)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        napping = pool.submit(call, node.app.port, "nap", {"secs": 3})  # keeps the drain open
+        wait_until(lambda: runs_of(live_nodes.runs, "nap") == 1, message="the nap to start")
+        started = time.monotonic()
+        node.send(signal.SIGTERM)
+        for stream in streams:
+            assert stream.next().event == "shutdown"
+            assert stream.ended.wait(5)
+        refused = SseStream(node.app.port, read=False)  # draining: no new stream here
+        assert refused.status == 503
+        assert json.loads(refused.response.read())["error"]["code"] == "SERVICE_UNAVAILABLE"
+        assert napping.result() == "rested"  # in-flight calls finish
     assert node.wait(30) == 0
     assert time.monotonic() - started < 10  # the open streams did not hold the drain
 
@@ -241,7 +258,8 @@ def test_tickets_open_a_stream_once_and_tokens_expire(live_nodes):
         assert subscribe(port, session, "count", "note_count", headers=bearer(token))[0] == 200
         assert stream.next().data == {"id": "count", "data": 0}
         expired = stream.next(timeout=10)
-        assert (expired.event, expired.data["error"]["code"]) == ("error", "UNAUTHORIZED")
+        assert (expired.event, expired.data["error"]["code"], expired.data["ended"]) == \
+            ("error", "UNAUTHORIZED", True)
     finally:
         stream.close()
 
@@ -261,7 +279,8 @@ def test_bad_requests_get_the_json_error_envelope(live_nodes):
              "INVALID_ARGUMENT"),
             ({"session_id": session, "id": "a", "function": "notes", "args": [1]}, None, 400,
              "INVALID_ARGUMENT"),
-            ({"session_id": "nope", "id": "a", "function": "notes"}, None, 404, "NOT_FOUND"),
+            ({"session_id": "nope", "id": "a", "function": "notes"}, None, 404,
+             "SESSION_NOT_FOUND"),
             ({"session_id": session, "function": "notes"}, None, 400, "INVALID_ARGUMENT"),
             ({"session_id": session, "id": "a", "function": "note_count"}, None, 401,
              "UNAUTHORIZED"),
@@ -305,5 +324,23 @@ def test_unsubscribe_and_reconnect_get_the_current_state(live_nodes):
         current = again.next()
         assert [n["body"] for n in current.data["data"]] == \
             ["before", "while unsubscribed", "while away"]
+    finally:
+        again.close()
+
+
+def test_the_sessions_of_a_killed_gateway_worker_are_forgotten(live_nodes, database_url):
+    [node] = live_nodes(1, workers=1)
+    stream = SseStream(node.app.port)
+    session = stream.session_id()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        [(pid,)] = conn.execute("SELECT pid FROM forge_live_sessions WHERE id = %s",
+                                [session]).fetchall()
+    os.kill(pid, signal.SIGKILL)
+    assert stream.ended.wait(10)
+    again = SseStream(node.app.port)  # gunicorn's new worker: it forgets them as it starts
+    try:
+        again.session_id()
+        wait_until(lambda: session_gone(database_url, session), timeout=10,
+                   message="the dead worker's session to be forgotten")
     finally:
         again.close()

@@ -33,18 +33,27 @@ from uuid import UUID
 import psycopg
 from falcon.asgi import SSEvent
 
-from .. import db, jobs, live
+from .. import db, jobs, linux, live
 from ..app import AppRegistry, FunctionSpec
 from ..config import SubscriptionsConfig
 from ..encoding import dumps, to_jsonable
 from ..errors import Error
 from .correlation import new_request_id
-from .errors import INTERNAL_ERROR, NOT_FOUND, TOO_MANY_SUBSCRIPTIONS, UNAUTHORIZED, ApiError
+from .errors import (
+    INTERNAL_ERROR,
+    NOT_FOUND,
+    SERVICE_UNAVAILABLE,
+    TOO_MANY_SUBSCRIPTIONS,
+    UNAUTHORIZED,
+    ApiError,
+)
 from .functions import FunctionRunner, error_for_app_error
 
 log = logging.getLogger(__name__)
 
 RETRY_SECS = 1.0
+LISTEN_WAIT_SECS = 5.0
+EXPIRY_CHECK_SECS = 1.0
 TERMINAL_JOB_STATES = frozenset({"completed", "dead", "cancelled"})
 TIME_CLAIMS = ("exp", "iat", "nbf", "jti")  # two tokens of one identity differ only in these
 
@@ -117,6 +126,7 @@ class Watch:
     group: Group | None = None
     job_id: int | None = None
     row: tuple = ()  # the stored subscription, to tell a changed one from the same
+    stored_at: Any = None  # its row's created_at: a later one of the same id is another
 
 
 @dataclass(eq=False)
@@ -148,6 +158,7 @@ class LiveHub:
         self.groups: dict[tuple, Group] = {}
         self.readers: dict[str, set[Group]] = {}  # table -> the groups that read it
         self.tables: dict[int, str] = {}  # oid -> table, as notifications name them
+        self.watch_count = 0
         self.jobs: dict[int, set[Watch]] = {}
         self.job_states: dict[int, dict] = {}
         self.dirty: set[Group] = set()
@@ -157,21 +168,30 @@ class LiveHub:
         self.listener: asyncio.Task | None = None
         self.housekeeper: asyncio.Task | None = None
         self.shut = False
+        self.listener_started_at: float | None = None
 
     # -- sessions ----------------------------------------------------------------------------
 
     async def open(self, claims: dict | None) -> Session:
-        """A new session, registered and listened for; DatabaseUnavailable-like errors raise."""
+        """A new session, registered and listened for; 503 while draining or without the
+        database."""
+        if self.shut:
+            raise ApiError(503, SERVICE_UNAVAILABLE, "this node is shutting down; connect to "
+                                                     "another")
         if self.listener is None:  # not in this request's context: its ids are not the hub's
             self.listener = asyncio.create_task(self.listen(), context=contextvars.Context())
-        async with asyncio.timeout(10):
-            await self.listening.wait()
+        try:
+            async with asyncio.timeout(LISTEN_WAIT_SECS):
+                await self.listening.wait()
+        except TimeoutError:
+            raise ApiError(503, SERVICE_UNAVAILABLE, "live updates cannot reach the database; "
+                                                     "try again") from None
         session = Session(secrets.token_urlsafe(16), claims, self.settings.send_queue)
         async with self.runner.primary_connection() as conn:
             await live.open_session(conn, session.id, self.node_id, os.getpid(), self.channel,
                                     None if claims is None else _subject(claims))
         self.sessions[session.id] = session
-        if self.housekeeper is None:
+        if self.housekeeper is None or self.housekeeper.done():
             self.housekeeper = asyncio.create_task(self.keep_house(),
                                                    context=contextvars.Context())
         session.push("connected", dumps({"session_id": session.id}))
@@ -237,6 +257,9 @@ class LiveHub:
                     await conn.execute(f"LISTEN {self.channel}")
                     self.tables = await live.table_oids(conn, list(live.live_tables(
                         self.registry)))
+                    if self.listener_started_at is None:
+                        self.listener_started_at = time.monotonic()
+                        await self.forget_dead_workers_sessions()
                     if lost:
                         log.info("live updates listening again",
                                  extra={"event": "live.listener_back"})
@@ -252,6 +275,18 @@ class LiveHub:
                                 extra={"event": "live.listener_lost"})
                 lost = True
                 await asyncio.sleep(RETRY_SECS)
+
+    async def forget_dead_workers_sessions(self) -> None:
+        """Sessions of this node left by a gateway worker that died (their rows outlive it
+        until the node's own go): nobody holds their streams any more."""
+        try:
+            async with self.runner.primary_connection() as conn:
+                rows = await live.sessions_of_node(conn, self.node_id)
+                dead = [session_id for session_id, pid in rows if not linux.pid_alive(pid)]
+                if dead:
+                    await live.close_sessions(conn, dead)
+        except (psycopg.Error, ApiError) as exc:
+            log.debug("could not forget dead workers' live sessions: %s", exc)
 
     def notified(self, channel: str, payload: str) -> None:
         if channel == live.CHANGES_CHANNEL:
@@ -294,14 +329,15 @@ class LiveHub:
 
     def add(self, session: Session, row: dict, key: tuple) -> None:
         claims = row["claims"]
-        watch = Watch(row["id"], session, _expiry(claims), row=key)
-        if sum(len(s.watching) for s in self.sessions.values()) >= self.capacity:
-            self.send(watch, "error", _error(TOO_MANY_SUBSCRIPTIONS,
+        watch = Watch(row["id"], session, _expiry(claims), row=key, stored_at=row["created_at"])
+        if self.watch_count >= self.capacity:
+            self.send(watch, "error", _ended(TOO_MANY_SUBSCRIPTIONS,
                                              "this gateway worker holds as many subscriptions "
                                              "as [gateway.subscriptions] max_per_node allows"))
             self.spawn(self.unsubscribe(watch))
             return
         session.watching[watch.id] = watch
+        self.watch_count += 1
         if row["job_id"] is not None:
             watch.job_id = row["job_id"]
             self.jobs.setdefault(watch.job_id, set()).add(watch)
@@ -327,6 +363,7 @@ class LiveHub:
         session = watch.session
         if session.watching.get(watch.id) is watch:
             del session.watching[watch.id]
+            self.watch_count -= 1
         if watch.job_id is not None:
             watchers = self.jobs.get(watch.job_id, set())
             watchers.discard(watch)
@@ -346,7 +383,8 @@ class LiveHub:
         """Remove a watch that ended here (an expired token, a finished job) from the table."""
         try:
             async with self.runner.primary_connection() as conn:
-                await live.remove_subscription(conn, watch.session.id, watch.id)
+                await live.remove_subscription(conn, watch.session.id, watch.id,
+                                               watch.stored_at)
         except (psycopg.Error, ApiError) as exc:
             log.debug("could not remove a live subscription: %s", exc)
 
@@ -408,10 +446,15 @@ class LiveHub:
     # -- housekeeping: expired tokens, job states --------------------------------------------
 
     async def keep_house(self) -> None:
+        """While this worker holds streams: expire tokens every second, read watched jobs
+        every `job_poll_ms`. With no stream left it stops (open() starts it again)."""
         interval = self.settings.job_poll_ms / 1000
-        while not self.shut:
+        expired_at = time.monotonic()
+        while self.sessions and not self.shut:
             await asyncio.sleep(interval)
-            self.expire(time.time())
+            if time.monotonic() - expired_at >= EXPIRY_CHECK_SECS:
+                expired_at = time.monotonic()
+                self.expire(time.time())
             if self.jobs:
                 await self.poll_jobs()
 
@@ -419,7 +462,7 @@ class LiveHub:
         for session in list(self.sessions.values()):
             for watch in list(session.watching.values()):
                 if watch.expires_at is not None and watch.expires_at <= now:
-                    self.end_watch(watch, "error", _error(
+                    self.end_watch(watch, "error", _ended(
                         UNAUTHORIZED, "the token of this subscription expired; subscribe "
                                       "again with a new one"))
 
@@ -433,7 +476,7 @@ class LiveHub:
             state = states.get(job_id)
             if state is None:
                 for watch in list(watchers):
-                    self.end_watch(watch, "error", _error(NOT_FOUND, f"no job {job_id}"))
+                    self.end_watch(watch, "error", _ended(NOT_FOUND, f"no job {job_id}"))
                 continue
             state = {"job_id": job_id, **{k: v for k, v in state.items() if k != "id"}}
             if state == self.job_states.get(job_id):
@@ -455,8 +498,9 @@ def _kind(payload: str) -> str:
     return "error" if payload.startswith('{"error"') else "result"
 
 
-def _error(code: str, message: str) -> dict:
-    return {"error": {"code": code, "message": message}}
+def _ended(code: str, message: str) -> dict:
+    """An error that ends the subscription (a query's own errors do not)."""
+    return {"error": {"code": code, "message": message}, "ended": True}
 
 
 def _expiry(claims: dict | None) -> float | None:

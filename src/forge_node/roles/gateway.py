@@ -94,6 +94,9 @@ class GatewayWorker(UvicornWorker):
         logger.handlers.clear()
         logger.propagate = True
         gateway = self.app.process.ctx.config.gateway
+        # the drain's second step ends in time, even for a request that never does: the first
+        # step takes up to half of graceful_timeout (DrainingServer), this the rest but a second
+        self.config.timeout_graceful_shutdown = max(1, self.cfg.graceful_timeout // 2 - 1)
         self.config.http = GatewayHttpProtocol.with_limits(gateway.header_timeout_secs,
                                                            gateway.max_connections)
 

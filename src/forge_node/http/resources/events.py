@@ -31,6 +31,7 @@ from ..errors import (
     FUNCTION_ROLE_DISABLED,
     INVALID_ARGUMENT,
     NOT_FOUND,
+    SESSION_NOT_FOUND,
     TOO_MANY_SUBSCRIPTIONS,
     UNAUTHORIZED,
     ApiError,
@@ -170,10 +171,11 @@ class UnsubscribeResource(LiveResource):
 async def owned_session(conn: Any, session_id: str, watch_id: str, claims: dict | None,
                         limit: int | None) -> dict:
     """The session, when it exists and the caller is who opened it; 404, 403 or 429 if not."""
-    session = await live.find_session(conn, session_id)
+    session = await live.find_session(conn, session_id, watch_id)
     if session is None:
-        raise ApiError(404, NOT_FOUND, f"no live session {session_id!r}: open GET /_api/events "
-                                       "and use the session_id of its connected event")
+        raise ApiError(404, SESSION_NOT_FOUND, f"no live session {session_id!r}: open GET "
+                                               "/_api/events and use the session_id of its "
+                                               "connected event")
     subject = None if claims is None or claims.get("sub") is None else str(claims["sub"])
     if session["identity"] != subject:
         raise ApiError(403, FORBIDDEN, "this live session was opened by another identity")
