@@ -63,8 +63,8 @@
       return this.watch("/_api/subscribe", { function: name, args: args || {} }, {
         result: (event) => onResult(event.data),
         error: (event) => onError && onError(event.error),
-        // a query's own errors leave it subscribed; only this one ends it on the server
-        ends: (kind, event) => kind === "error" && event.error.code === "TOO_MANY_SUBSCRIPTIONS",
+        // a query's own errors leave it subscribed; the server marks those that end it
+        ends: (kind, event) => kind === "error" && event.ended === true,
       });
     }
 
@@ -73,7 +73,8 @@
       return this.watch("/_api/subscribe-job", { job_id: jobId }, {
         job: (event) => onUpdate(event),
         error: (event) => onError && onError(event.error),
-        ends: (kind, event) => kind === "error" || FINAL_JOB_STATES.has(event.status),
+        ends: (kind, event) => (kind === "error" ? event.ended === true
+          : FINAL_JOB_STATES.has(event.status)),
       });
     }
 
@@ -143,10 +144,11 @@
       const data = JSON.parse(event.data);
       const watch = this.watches.get(data.id);
       if (!watch) return; // dropped here while the event was on its way
-      if (kind === "error" && data.error.code === "UNAUTHORIZED" && !watch.renewing) {
+      if (kind === "error" && data.ended && data.error.code === "UNAUTHORIZED"
+          && !watch.renewing) {
         // The subscription's token expired and the server ended it: subscribe again with a
-        // fresh token. Once only until it works again, in case the query itself answers
-        // UNAUTHORIZED, which would otherwise loop.
+        // fresh token. Once only until it works again, in case getToken hands back the
+        // expired one, which would otherwise loop.
         watch.renewing = true;
         this.send(watch);
         return;
@@ -174,9 +176,9 @@
       } catch (error) {
         // an answer about a session that has since ended does not matter: the next one
         // sends every subscription again
-        if (sessionId === this.sessionId && this.watches.get(watch.id) === watch) {
-          watch.error({ id: watch.id, error });
-        }
+        if (sessionId !== this.sessionId || this.watches.get(watch.id) !== watch) return;
+        if (error.code === "SESSION_NOT_FOUND") this.reconnect(); // the stream is gone
+        else watch.error({ id: watch.id, error });
       }
     }
 
