@@ -345,3 +345,14 @@ def test_the_sessions_of_a_killed_gateway_worker_are_forgotten(live_nodes, datab
                    message="the dead worker's session to be forgotten")
     finally:
         again.close()
+
+
+def test_a_quiet_stream_gets_keep_alive_comments(live_nodes):
+    [node] = live_nodes(1, keepalive_secs=0.3)
+    stream = SseStream(node.app.port)
+    try:
+        stream.session_id()
+        wait_until(lambda: stream.comments >= 3, timeout=5, message="three keep-alives")
+        assert stream.quiet_for(0.1)  # comments only: no event
+    finally:
+        stream.close()

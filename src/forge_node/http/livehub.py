@@ -78,6 +78,7 @@ class Session:
         self.watching: dict[str, Watch] = {}
         self.closed = False
         self.seq = 0
+        self.quiet = True  # nothing queued since the last keep-alive
         self.connection: Any = None  # the HTTP connection, to cut a client that stopped reading
 
     def push(self, event: str, data: str) -> bool:
@@ -88,6 +89,19 @@ class Session:
             return False
         self.seq += 1
         self.events.append(SSEvent(event=event, text=data, event_id=f"{self.id}:{self.seq}"))
+        self.quiet = False
+        self.wakeup.set()
+        return True
+
+    def keep_alive(self) -> bool:
+        """Queue a comment line if nothing else went since the last one; False when the
+        client has `limit` events unread (a dead client is found this way too)."""
+        if not self.quiet:
+            self.quiet = True
+            return True
+        if len(self.events) >= self.limit:
+            return False
+        self.events.append(None)  # falcon sends None as an SSE comment
         self.wakeup.set()
         return True
 
@@ -99,19 +113,15 @@ class Session:
         self.closed = True
         self.wakeup.set()
 
-    async def stream(self, keepalive_secs: float) -> AsyncIterator[SSEvent | None]:
-        """The SSE body: queued events as they come, a comment line when quiet (None)."""
+    async def stream(self) -> AsyncIterator[SSEvent | None]:
+        """The SSE body: queued events as they come (None: a keep-alive comment line, queued
+        by the hub's one timer rather than a timeout per wait, which each event would pay)."""
         while True:
             if not self.events:
                 if self.closed:
                     return
                 self.wakeup.clear()
-                try:
-                    async with asyncio.timeout(keepalive_secs):
-                        await self.wakeup.wait()
-                except TimeoutError:
-                    yield None  # falcon sends an SSE comment: the keep-alive
-                    continue
+                await self.wakeup.wait()
             while self.events:
                 yield self.events.popleft()
 
@@ -446,17 +456,27 @@ class LiveHub:
     # -- housekeeping: expired tokens, job states --------------------------------------------
 
     async def keep_house(self) -> None:
-        """While this worker holds streams: expire tokens every second, read watched jobs
-        every `job_poll_ms`. With no stream left it stops (open() starts it again)."""
-        interval = self.settings.job_poll_ms / 1000
-        expired_at = time.monotonic()
+        """While this worker holds streams: expire tokens every second, keep quiet streams
+        alive every `keepalive_secs`, read watched jobs every `job_poll_ms`. With no stream
+        left it stops (open() starts it again)."""
+        interval = min(self.settings.job_poll_ms / 1000, self.settings.keepalive_secs)
+        expired_at = kept_alive_at = time.monotonic()
         while self.sessions and not self.shut:
             await asyncio.sleep(interval)
-            if time.monotonic() - expired_at >= EXPIRY_CHECK_SECS:
-                expired_at = time.monotonic()
+            now = time.monotonic()
+            if now - expired_at >= EXPIRY_CHECK_SECS:
+                expired_at = now
                 self.expire(time.time())
+            if now - kept_alive_at >= self.settings.keepalive_secs:
+                kept_alive_at = now
+                self.keep_alive()
             if self.jobs:
                 await self.poll_jobs()
+
+    def keep_alive(self) -> None:
+        for session in list(self.sessions.values()):
+            if not session.keep_alive():
+                self.disconnect(session)
 
     def expire(self, now: float) -> None:
         for session in list(self.sessions.values()):

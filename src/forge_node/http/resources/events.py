@@ -102,7 +102,7 @@ class EventsResource(LiveResource):
     @staticmethod
     async def events(hub: LiveHub, session: Session) -> AsyncIterator[Any]:
         try:
-            async for event in session.stream(hub.settings.keepalive_secs):
+            async for event in session.stream():
                 yield event
         finally:
             hub.close(session)
