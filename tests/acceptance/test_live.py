@@ -356,3 +356,25 @@ def test_a_quiet_stream_gets_keep_alive_comments(live_nodes):
         assert stream.quiet_for(0.1)  # comments only: no event
     finally:
         stream.close()
+
+
+def test_subscriptions_are_limited_per_session_and_per_node(live_nodes):
+    [node] = live_nodes(1, workers=1, max_per_session=2, max_per_node=3)
+    port = node.app.port
+    first, second = SseStream(port), SseStream(port)
+    try:
+        session = first.session_id()
+        for sub_id in ("a", "b", "b"):  # the same id again replaces, within the limit
+            assert subscribe(port, session, sub_id, args={"tag": sub_id})[0] == 200
+        status, body = subscribe(port, session, "c")
+        assert (status, body["error"]["code"]) == (429, "TOO_MANY_SUBSCRIPTIONS")
+        other = second.session_id()
+        assert subscribe(port, other, "x")[0] == 200  # the worker's third: its last
+        assert subscribe(port, other, "y")[0] == 200  # stored, but past the node's limit
+        events = [second.next(), second.next()]
+        refused = next(e for e in events if e.data["id"] == "y")
+        assert (refused.event, refused.data["error"]["code"], refused.data["ended"]) == \
+            ("error", "TOO_MANY_SUBSCRIPTIONS", True)
+    finally:
+        first.close()
+        second.close()
