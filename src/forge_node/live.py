@@ -120,33 +120,34 @@ async def sessions_of_node(conn: psycopg.AsyncConnection, node_id: UUID) -> list
 
 async def find_session(conn: psycopg.AsyncConnection, session_id: str,
                        subscription_id: str) -> dict | None:
-    """The session's channel, identity and number of subscriptions other than
+    """The session's id, channel, identity and number of subscriptions other than
     `subscription_id` (which a new one would replace); None when unknown."""
     cursor = conn.cursor(row_factory=dict_row)
     await cursor.execute(Q.find_session, {"id": session_id, "subscription_id": subscription_id})
     return await cursor.fetchone()
 
 
-async def subscribe(conn: psycopg.AsyncConnection, session: dict, session_id: str,
-                    subscription_id: str, claims: dict | None, *, function: str | None = None,
+async def subscribe(conn: psycopg.AsyncConnection, session: dict, subscription_id: str,
+                    claims: dict | None, *, function: str | None = None,
                     args: dict | None = None, job_id: int | None = None) -> None:
-    """Store the subscription and wake the session's worker, in one transaction."""
+    """Store the subscription and wake the session's worker (`session`: find_session's row),
+    in one transaction."""
     async with conn.transaction():
         await conn.execute(Q.add_subscription, {
-            "session_id": session_id, "id": subscription_id, "function": function,
+            "session_id": session["id"], "id": subscription_id, "function": function,
             "args": None if args is None else Jsonb(args), "job_id": job_id,
             "claims": None if claims is None else Jsonb(claims)})
         await conn.execute(Q.wake_session, {"channel": session["channel"],
-                                            "session_id": session_id})
+                                            "session_id": session["id"]})
 
 
-async def unsubscribe(conn: psycopg.AsyncConnection, session: dict, session_id: str,
+async def unsubscribe(conn: psycopg.AsyncConnection, session: dict,
                       subscription_id: str) -> None:
     async with conn.transaction():
-        await conn.execute(Q.remove_subscription, {"session_id": session_id,
+        await conn.execute(Q.remove_subscription, {"session_id": session["id"],
                                                    "id": subscription_id, "created_at": None})
         await conn.execute(Q.wake_session, {"channel": session["channel"],
-                                            "session_id": session_id})
+                                            "session_id": session["id"]})
 
 
 async def remove_subscription(conn: psycopg.AsyncConnection, session_id: str,

@@ -25,7 +25,7 @@ SELECT id, pid FROM forge_live_sessions WHERE node_id = %(node_id)s;
 DELETE FROM forge_live_sessions WHERE id = ANY(%(ids)s);
 
 -- name: find_session
-SELECT channel, identity,
+SELECT id, channel, identity,
        (SELECT count(*) FROM forge_live_subscriptions s
         WHERE s.session_id = l.id AND s.id <> %(subscription_id)s) AS watching
 FROM forge_live_sessions l WHERE id = %(id)s;

@@ -25,9 +25,9 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -50,6 +50,7 @@ from .errors import (
 from .functions import FunctionRunner, error_for_app_error
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RETRY_SECS = 1.0
 LISTEN_WAIT_SECS = 5.0
@@ -62,8 +63,7 @@ def identity_of(claims: dict | None) -> str:
     """What a query's result may depend on besides its args: the claims, less their times."""
     if claims is None:
         return ""
-    return json.dumps({k: v for k, v in claims.items() if k not in TIME_CLAIMS},
-                      sort_keys=True, default=str)
+    return _canonical({k: v for k, v in claims.items() if k not in TIME_CLAIMS})
 
 
 class Session:
@@ -87,11 +87,14 @@ class Session:
             return True
         if len(self.events) >= self.limit:
             return False
+        self.append(event, data)
+        self.quiet = False
+        return True
+
+    def append(self, event: str, data: str) -> None:
         self.seq += 1
         self.events.append(SSEvent(event=event, text=data, event_id=f"{self.id}:{self.seq}"))
-        self.quiet = False
         self.wakeup.set()
-        return True
 
     def keep_alive(self) -> bool:
         """Queue a comment line if nothing else went since the last one; False when the
@@ -108,8 +111,7 @@ class Session:
     def end(self, event: str | None = None) -> None:
         """Stop the stream after what is queued (and `event`, past the limit if need be)."""
         if event is not None and not self.closed:
-            self.seq += 1
-            self.events.append(SSEvent(event=event, text="{}", event_id=f"{self.id}:{self.seq}"))
+            self.append(event, "{}")
         self.closed = True
         self.wakeup.set()
 
@@ -178,7 +180,6 @@ class LiveHub:
         self.listener: asyncio.Task | None = None
         self.housekeeper: asyncio.Task | None = None
         self.shut = False
-        self.listener_started_at: float | None = None
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -217,11 +218,20 @@ class LiveHub:
         self.spawn(self.forget_sessions([session.id]))
 
     async def forget_sessions(self, session_ids: list[str]) -> None:
+        # the node's end removes them all the same
+        await self.best_effort(lambda conn: live.close_sessions(conn, session_ids),
+                               "remove live sessions")
+
+    async def best_effort(self, work: Callable[[Any], Awaitable[T]], what: str,
+                          level: int = logging.DEBUG) -> T | None:
+        """`work(conn)` on a primary connection; None (and a log line) when the database
+        fails it, for work that a later turn or the node's end makes up for."""
         try:
             async with self.runner.primary_connection() as conn:
-                await live.close_sessions(conn, session_ids)
-        except (psycopg.Error, ApiError) as exc:  # the node's end removes them all the same
-            log.debug("could not remove live sessions: %s", exc)
+                return await work(conn)
+        except (psycopg.Error, ApiError) as exc:
+            log.log(level, "could not %s: %s", what, exc, extra={"event": "live.db_failed"})
+            return None
 
     def shutdown(self) -> None:
         """Drain: every stream ends with `event: shutdown`, so its client reconnects elsewhere."""
@@ -257,7 +267,7 @@ class LiveHub:
 
     async def listen(self) -> None:
         """LISTEN for changes and wake-ups; reconnect (and catch up) whenever the link drops."""
-        lost = False
+        lost, first = False, True
         while not self.shut:
             try:
                 async with await psycopg.AsyncConnection.connect(
@@ -267,9 +277,10 @@ class LiveHub:
                     await conn.execute(f"LISTEN {self.channel}")
                     self.tables = await live.table_oids(conn, list(live.live_tables(
                         self.registry)))
-                    if self.listener_started_at is None:
-                        self.listener_started_at = time.monotonic()
-                        await self.forget_dead_workers_sessions()
+                    if first:
+                        first = False
+                        await self.best_effort(self.forget_dead_workers_sessions,
+                                               "forget dead workers' live sessions")
                     if lost:
                         log.info("live updates listening again",
                                  extra={"event": "live.listener_back"})
@@ -286,17 +297,13 @@ class LiveHub:
                 lost = True
                 await asyncio.sleep(RETRY_SECS)
 
-    async def forget_dead_workers_sessions(self) -> None:
+    async def forget_dead_workers_sessions(self, conn: Any) -> None:
         """Sessions of this node left by a gateway worker that died (their rows outlive it
         until the node's own go): nobody holds their streams any more."""
-        try:
-            async with self.runner.primary_connection() as conn:
-                rows = await live.sessions_of_node(conn, self.node_id)
-                dead = [session_id for session_id, pid in rows if not linux.pid_alive(pid)]
-                if dead:
-                    await live.close_sessions(conn, dead)
-        except (psycopg.Error, ApiError) as exc:
-            log.debug("could not forget dead workers' live sessions: %s", exc)
+        rows = await live.sessions_of_node(conn, self.node_id)
+        dead = [session_id for session_id, pid in rows if not linux.pid_alive(pid)]
+        if dead:
+            await live.close_sessions(conn, dead)
 
     def notified(self, channel: str, payload: str) -> None:
         if channel == live.CHANGES_CHANNEL:
@@ -315,21 +322,16 @@ class LiveHub:
 
     async def reload(self, session: Session) -> None:
         """Make the session's watches match its stored subscriptions."""
-        try:
-            async with self.runner.primary_connection() as conn:
-                rows = await live.subscriptions_of(conn, session.id)
-        except (psycopg.Error, ApiError) as exc:
-            log.warning("could not read live subscriptions: %s", exc,
-                        extra={"event": "live.reload_failed"})
-            return
-        if session.closed:
+        rows = await self.best_effort(lambda conn: live.subscriptions_of(conn, session.id),
+                                      "read live subscriptions", logging.WARNING)
+        if rows is None or session.closed:
             return
         stored = {row["id"]: row for row in rows}
         for watch_id in session.watching.keys() - stored.keys():
             self.drop(session.watching[watch_id])
         for watch_id, row in stored.items():
-            key = (row["function"], json.dumps(row["args"], sort_keys=True), row["job_id"],
-                   json.dumps(row["claims"], sort_keys=True))
+            key = (row["function"], _canonical(row["args"]), row["job_id"],
+                   _canonical(row["claims"]))
             current = session.watching.get(watch_id)
             if current is not None and current.row == key:
                 continue
@@ -356,7 +358,7 @@ class LiveHub:
                 self.send(watch, "job", state)
             return
         spec = self.registry.functions[row["function"]]
-        group_key = (spec.name, json.dumps(row["args"], sort_keys=True), identity_of(claims))
+        group_key = (spec.name, key[1], identity_of(claims))  # key[1]: the args, canonical
         group = self.groups.get(group_key)
         if group is None:
             group = self.groups[group_key] = Group(group_key, spec, row["args"], claims)
@@ -391,12 +393,8 @@ class LiveHub:
 
     async def unsubscribe(self, watch: Watch) -> None:
         """Remove a watch that ended here (an expired token, a finished job) from the table."""
-        try:
-            async with self.runner.primary_connection() as conn:
-                await live.remove_subscription(conn, watch.session.id, watch.id,
-                                               watch.stored_at)
-        except (psycopg.Error, ApiError) as exc:
-            log.debug("could not remove a live subscription: %s", exc)
+        await self.best_effort(lambda conn: live.remove_subscription(
+            conn, watch.session.id, watch.id, watch.stored_at), "remove a live subscription")
 
     def end_watch(self, watch: Watch, event: str, payload: dict | str) -> None:
         self.send(watch, event, payload)
@@ -487,10 +485,9 @@ class LiveHub:
                                       "again with a new one"))
 
     async def poll_jobs(self) -> None:
-        try:
-            async with self.runner.primary_connection() as conn:
-                states = await jobs.job_states(conn, list(self.jobs))
-        except (psycopg.Error, ApiError):
+        states = await self.best_effort(lambda conn: jobs.job_states(conn, list(self.jobs)),
+                                        "read watched jobs")
+        if states is None:
             return  # the next poll tries again
         for job_id, watchers in list(self.jobs.items()):
             state = states.get(job_id)
@@ -512,6 +509,10 @@ class LiveHub:
         task = asyncio.ensure_future(coroutine)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _kind(payload: str) -> str:

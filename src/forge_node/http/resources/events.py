@@ -56,6 +56,11 @@ class LiveResource:
                            "this node does not run functions (no function role)")
         return self.hub
 
+    async def read_request(self, req: falcon.asgi.Request, shape: str) -> tuple[dict, str, str]:
+        """A subscribing request's body, with its session_id and (subscription) id."""
+        body = await read_json_object(req, self.max_body_bytes, shape)
+        return body, text_field(body, "session_id"), text_field(body, "id")
+
 
 class TicketResource(LiveResource):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
@@ -111,9 +116,8 @@ class EventsResource(LiveResource):
 class SubscribeResource(LiveResource):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         hub = self.live_hub()
-        body = await read_json_object(req, self.max_body_bytes,
-                                      '{"session_id", "id", "function", "args"}')
-        session_id, watch_id = text_field(body, "session_id"), text_field(body, "id")
+        body, session_id, watch_id = await self.read_request(
+            req, '{"session_id", "id", "function", "args"}')
         name = text_field(body, "function")
         args = body.get("args", {})
         if not isinstance(args, dict):
@@ -132,17 +136,14 @@ class SubscribeResource(LiveResource):
         async with hub.runner.primary_connection() as conn:
             session = await owned_session(conn, session_id, watch_id, claims,
                                           hub.settings.max_per_session)
-            await live.subscribe(conn, session, session_id, watch_id, claims, function=name,
-                                 args=args)
+            await live.subscribe(conn, session, watch_id, claims, function=name, args=args)
         answer(req, resp, {"id": watch_id})
 
 
 class SubscribeJobResource(LiveResource):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         hub = self.live_hub()
-        body = await read_json_object(req, self.max_body_bytes,
-                                      '{"session_id", "id", "job_id"}')
-        session_id, watch_id = text_field(body, "session_id"), text_field(body, "id")
+        body, session_id, watch_id = await self.read_request(req, '{"session_id", "id", "job_id"}')
         job_id = body.get("job_id")
         if not isinstance(job_id, int) or isinstance(job_id, bool) or job_id < 1:
             raise ApiError(400, INVALID_ARGUMENT, "job_id must be a job's id: a positive integer")
@@ -152,19 +153,18 @@ class SubscribeJobResource(LiveResource):
                                           hub.settings.max_per_session)
             if job_id >= 2**63 or not await jobs.job_states(conn, [job_id]):
                 raise ApiError(404, NOT_FOUND, f"no job {job_id}")
-            await live.subscribe(conn, session, session_id, watch_id, claims, job_id=job_id)
+            await live.subscribe(conn, session, watch_id, claims, job_id=job_id)
         answer(req, resp, {"id": watch_id})
 
 
 class UnsubscribeResource(LiveResource):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         hub = self.live_hub()
-        body = await read_json_object(req, self.max_body_bytes, '{"session_id", "id"}')
-        session_id, watch_id = text_field(body, "session_id"), text_field(body, "id")
+        _, session_id, watch_id = await self.read_request(req, '{"session_id", "id"}')
         claims = await authenticate(req, self.verifier)
         async with hub.runner.primary_connection() as conn:
             session = await owned_session(conn, session_id, watch_id, claims, None)
-            await live.unsubscribe(conn, session, session_id, watch_id)
+            await live.unsubscribe(conn, session, watch_id)
         answer(req, resp, {"id": watch_id})
 
 
