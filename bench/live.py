@@ -32,7 +32,7 @@ GET /_api/events, reads its `connected` session id, subscribes with POST /_api/s
   and of PostgreSQL's (from the mutation to the last subscriber's event, /proc), and re-runs.
 - Writers: `--write-connections` processes insert one row per transaction (plain psycopg,
   autocommit, prepared) for `--write-seconds` into `writes_live`, which a live query declares
-  (so it carries forge-node's statement trigger, which NOTIFYs forge_live), and into
+  (so it carries forge-node's statement trigger, which writes the change log), and into
   `writes_plain`, the same table without it; the gateway's listeners are up (idle sessions
   open). The two alternate in order over `--rounds` rounds. Target: at least 80% of the
   inserts per second kept; the ratio is the median of the rounds'.

@@ -86,7 +86,7 @@ class SubscriptionsConfig:
     max_per_session: int = 100
     max_per_node: int = 100_000  # shared evenly by the node's gateway workers
     send_queue: int = 256  # events waiting for a slow client; past it, it is disconnected
-    debounce_ms: int = 50
+    debounce_ms: int = 50  # how often a worker reads the change log: writes between share a run
     keepalive_secs: float = 15
     ticket_ttl_secs: float = 30
     job_poll_ms: int = 250
@@ -96,7 +96,7 @@ class SubscriptionsConfig:
         return (_at_least(self.max_per_session, 1, f"{name}.max_per_session")
                 + _at_least(self.max_per_node, 1, f"{name}.max_per_node")
                 + _at_least(self.send_queue, 1, f"{name}.send_queue")
-                + _at_least(self.debounce_ms, 0, f"{name}.debounce_ms")
+                + _at_least(self.debounce_ms, 5, f"{name}.debounce_ms")
                 + _positive(self.keepalive_secs, f"{name}.keepalive_secs")
                 + _positive(self.ticket_ttl_secs, f"{name}.ticket_ttl_secs")
                 + _at_least(self.job_poll_ms, 10, f"{name}.job_poll_ms"))

@@ -1,6 +1,22 @@
 -- name: list_live_triggers
 SELECT c.oid::regclass::text AS name FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-WHERE t.tgname = 'forge_live_notify';
+WHERE t.tgname = 'forge_live_change';
+
+-- name: changes_since
+-- The tables written by transactions that committed after the snapshot `since` was taken:
+-- those that were running then (its xip list) and those that began after (xid >= its xmax),
+-- both found through the index. NULL `since`: none, only the snapshot to start from.
+SELECT pg_current_snapshot()::text AS snapshot, pg_postmaster_start_time() AS started,
+       array(SELECT DISTINCT relid::bigint FROM forge_live_changes
+             WHERE xid >= pg_snapshot_xmax(%(since)s::pg_snapshot)
+                OR xid = ANY(array(SELECT pg_snapshot_xip(%(since)s::pg_snapshot)))) AS tables;
+
+-- name: prune_changes
+-- Changes committed before the snapshot `before`, which every reader has seen since.
+DELETE FROM forge_live_changes WHERE pg_visible_in_snapshot(xid, %(before)s::pg_snapshot);
+
+-- name: current_snapshot
+SELECT pg_current_snapshot()::text;
 
 -- name: resolve_table
 SELECT to_regclass(%(name)s)::oid AS oid, to_regclass(%(name)s)::text AS name;

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import psycopg
 import setproctitle
 
-from . import __version__, cluster, db, linux
+from . import __version__, cluster, db, linux, live
 from .app import AppRegistry
 from .backoff import Backoff
 from .cluster import NodeIdentity
@@ -36,6 +36,7 @@ from .roles import ROLE_PROCESSES, processes_for
 from .services import ServiceRunner
 from .services.cleaner import RetentionCleaner
 from .services.heartbeat import Heartbeat
+from .services.livechanges import LiveChangesPruner
 from .services.reaper import DeadNodeReaper
 from .services.reclaim import ReclaimJobsOfDeadNodes
 from .wakeup import Waker
@@ -94,7 +95,7 @@ class Supervisor:
             DeadNodeReaper(timing.dead_threshold_secs, timing.heartbeat_interval_secs),
             ReclaimJobsOfDeadNodes(timing.heartbeat_interval_secs),
             RetentionCleaner(config.worker.retention_secs),
-        ])
+        ] + ([LiveChangesPruner()] if live.live_tables(app) else []))
 
     def run(self) -> int:
         """Supervise until stopped; the return value is the process's exit code."""

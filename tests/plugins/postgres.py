@@ -90,9 +90,10 @@ class RestartablePostgres(PostgresServer):
         self._server = server
         self._socket_dir = server.get_postmaster_info().socket_dir
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server; mode "immediate" is a crash (recovery at the next start)."""
         import pgserver
-        pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir,
+        pgserver.pg_ctl(["-w", "-m", mode, "stop"], pgdata=self.data_dir,
                         user=self._server.system_user)
 
     def start(self) -> None:

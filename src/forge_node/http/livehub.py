@@ -3,16 +3,19 @@
     browser --GET /_api/events--> Session: a bounded queue of events, streamed as SSE
     any worker --POST /_api/subscribe--> forge_live_subscriptions + NOTIFY <session's channel>
     this worker's listener <-- NOTIFY <channel> (a session id): reload that session's rows
-                           <-- NOTIFY forge_live (a table's oid): the groups reading it re-run
+    this worker's poller   <-- forge_live_changes, every `debounce_ms`: the tables written
+                               since its last read; the groups reading them re-run
     Group: one (function, args, identity). It runs once per change, however many sessions
            watch it, and pushes its result only when it differs from the last one sent.
 
-Changes are debounced: the first marks the groups dirty and arms a timer of `debounce_ms`;
-writes within the window ride along. A group that changes while it runs runs again after.
-A session whose queue holds `send_queue` events is a client that stopped reading: it is
-disconnected, so it never slows the others or grows memory. The listener's connection is
-opened by the first stream and kept; after it reconnects, every group re-runs and every
-session reloads, since notifications sent meanwhile are lost.
+Changes are debounced by the poller's period: writes committed between two reads share one
+run. A group that changes while it runs runs again after. The poller runs only while some
+group exists; its first read takes a snapshot and re-runs every group, and so does any read
+after a failed or late one or a server restart (which empties the log), so no change falls
+between two reads. A session whose queue holds `send_queue` events is a client that stopped
+reading: it is disconnected, so it never slows the others or grows memory. The listener's
+connection is opened by the first stream and kept; after it reconnects, every session
+reloads, since wake-ups sent meanwhile are lost.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ T = TypeVar("T")
 RETRY_SECS = 1.0
 LISTEN_WAIT_SECS = 5.0
 EXPIRY_CHECK_SECS = 1.0
+STALE_READ_SECS = 5.0  # a change log read further apart may miss pruned rows (livechanges.py)
 TERMINAL_JOB_STATES = frozenset({"completed", "dead", "cancelled"})
 TIME_CLAIMS = ("exp", "iat", "nbf", "jti")  # two tokens of one identity differ only in these
 
@@ -173,11 +177,10 @@ class LiveHub:
         self.watch_count = 0
         self.jobs: dict[int, set[Watch]] = {}
         self.job_states: dict[int, dict] = {}
-        self.dirty: set[Group] = set()
-        self.flush_timer: asyncio.TimerHandle | None = None
         self.listening = asyncio.Event()
         self.tasks: set[asyncio.Task] = set()
         self.listener: asyncio.Task | None = None
+        self.poller: asyncio.Task | None = None
         self.housekeeper: asyncio.Task | None = None
         self.shut = False
 
@@ -238,7 +241,7 @@ class LiveHub:
         self.shut = True
         for session in list(self.sessions.values()):
             session.end("shutdown")
-        for task in (self.listener, self.housekeeper):
+        for task in (self.listener, self.poller, self.housekeeper):
             if task is not None:
                 task.cancel()
 
@@ -273,7 +276,6 @@ class LiveHub:
                 async with await psycopg.AsyncConnection.connect(
                         self.database_url, autocommit=True,
                         **db.connection_kwargs(f"gateway {os.getpid()} live")) as conn:
-                    await conn.execute(f"LISTEN {live.CHANGES_CHANNEL}")
                     await conn.execute(f"LISTEN {self.channel}")
                     self.tables = await live.table_oids(conn, list(live.live_tables(
                         self.registry)))
@@ -288,7 +290,8 @@ class LiveHub:
                     lost = False
                     self.listening.set()
                     async for notify in conn.notifies():
-                        self.notified(notify.channel, notify.payload)
+                        if notify.payload in self.sessions:
+                            self.spawn(self.reload(self.sessions[notify.payload]))
             except psycopg.Error as exc:
                 self.listening.clear()
                 if not lost:
@@ -305,18 +308,9 @@ class LiveHub:
         if dead:
             await live.close_sessions(conn, dead)
 
-    def notified(self, channel: str, payload: str) -> None:
-        if channel == live.CHANGES_CHANNEL:
-            table = self.tables.get(int(payload)) if payload.isdigit() else None
-            if table is not None:
-                self.changed(self.readers.get(table, ()))
-        elif payload in self.sessions:
-            self.spawn(self.reload(self.sessions[payload]))
-
     def catch_up(self) -> None:
         for session in list(self.sessions.values()):
             self.spawn(self.reload(session))
-        self.changed(self.groups.values())
 
     # -- subscriptions -------------------------------------------------------------------------
 
@@ -366,9 +360,11 @@ class LiveHub:
                 self.readers.setdefault(table, set()).add(group)
         group.watches.add(watch)
         watch.group = group
-        if group.last is not None:  # the group's current result (a change waiting in the
-            self.send(watch, _kind(group.last), group.last)  # debounce follows soon)
-        elif not group.running:  # a new group runs at once, not after the debounce
+        if group.last is not None:  # the group's current result (a change not read yet
+            self.send(watch, _kind(group.last), group.last)  # follows at the next read)
+        elif self.poller is None or self.poller.done():  # its first read runs every group
+            self.poller = asyncio.create_task(self.poll_changes(), context=contextvars.Context())
+        elif not group.running:  # a new group runs at once, not at the next read
             self.spawn(self.run(group))
 
     def drop(self, watch: Watch) -> None:
@@ -387,7 +383,6 @@ class LiveHub:
             group.watches.discard(watch)
             if not group.watches:
                 self.groups.pop(group.key, None)
-                self.dirty.discard(group)
                 for table in group.spec.live:
                     self.readers.get(table, set()).discard(group)
 
@@ -403,17 +398,33 @@ class LiveHub:
 
     # -- re-runs -------------------------------------------------------------------------------
 
-    def changed(self, groups: Any) -> None:
-        """Tables changed: re-run the groups reading them once the debounce window closes."""
-        self.dirty.update(groups)
-        if self.dirty and self.flush_timer is None:
-            self.flush_timer = asyncio.get_running_loop().call_later(
-                self.settings.debounce_ms / 1000, self.flush)
+    async def poll_changes(self) -> None:
+        """While any group exists: read the change log every `debounce_ms` and re-run the
+        groups reading the tables written. Every group re-runs instead when the log cannot
+        be trusted to hold every change since the last read: the first read, and one after
+        a failed read, a late one (rows may be pruned) or a server restart."""
+        since: str | None = None
+        server_started = None
+        read_at = 0.0
+        while self.groups and not self.shut:
+            changes = await self.best_effort(
+                lambda conn, since=since: live.changes_since(conn, since),
+                "read the live change log")
+            now = time.monotonic()
+            if changes is None:
+                since = None
+            else:
+                if (since is None or changes.server_started != server_started
+                        or now - read_at > STALE_READ_SECS):
+                    self.rerun(list(self.groups.values()))
+                else:
+                    self.rerun({group for oid in changes.tables
+                                for group in self.readers.get(self.tables.get(oid), ())})
+                since, server_started, read_at = changes.snapshot, changes.server_started, now
+            await asyncio.sleep(self.settings.debounce_ms / 1000)
 
-    def flush(self) -> None:
-        self.flush_timer = None
-        dirty, self.dirty = self.dirty, set()
-        for group in dirty:
+    def rerun(self, groups: Any) -> None:
+        for group in groups:
             if group.running:
                 group.dirty = True  # runs again when the current run ends
             elif group.watches:
