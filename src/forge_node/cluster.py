@@ -66,6 +66,12 @@ def heartbeat_latency_ms(conn: psycopg.Connection, node_id: uuid.UUID) -> float 
     return row and row[0]
 
 
+def node_status(conn: psycopg.Connection, node_id: uuid.UUID) -> str | None:
+    """The node's status in the registry; None when it has no row."""
+    row = conn.execute(Q.node_status, {"id": node_id}).fetchone()
+    return None if row is None else row[0]
+
+
 def deregister_node(conn: psycopg.Connection, node_id: uuid.UUID) -> None:
     conn.execute(Q.deregister_node, {"id": node_id})
 

@@ -14,6 +14,9 @@ RETURNING id;
 -- name: get_heartbeat_latency
 SELECT heartbeat_latency_ms FROM forge_nodes WHERE id = %(id)s;
 
+-- name: node_status
+SELECT status FROM forge_nodes WHERE id = %(id)s;
+
 -- name: deregister_node
 DELETE FROM forge_nodes WHERE id = %(id)s;
 

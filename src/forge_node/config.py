@@ -70,7 +70,7 @@ class DatabaseConfig:
 
     def problems(self) -> list[str]:
         found = _postgres_url(self.url, "database.url") if self.url else []
-        found += _at_least(self.pool_size, 1, "database.pool_size")
+        found += _at_least(self.pool_size, 2, "database.pool_size")
         found += _at_least(self.statement_timeout_secs, 0, "database.statement_timeout_secs")
         for i, url in enumerate(self.replica_urls):
             found += _postgres_url(url, f"database.replica_urls[{i}]")

@@ -1,19 +1,29 @@
 """Connections to PostgreSQL, always built in the process that uses them (never across a fork).
 
-Dedicated connections hold session state that must not be shared (advisory locks, LISTEN);
-pools serve request and job work and check a connection before handing it out, so a
-PostgreSQL restart costs one failed check instead of one failed request.
+Dedicated connections (`Dedicated`) hold session state that must not be shared (advisory
+locks, LISTEN) or serve a role's own statements; pools serve request and job work. Neither
+hands out a connection that is known dead: one idle for a while, or whose socket has something
+to read while it should be silent (PostgreSQL sends a FATAL message and closes the socket of
+every session when it restarts, crashes or terminates a backend), is proved with a round trip
+first and replaced when that fails, so a restart costs a failed check, not a failed call.
 """
 
 from __future__ import annotations
 
+import logging
+import select
+import threading
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from .errors import DatabaseUnavailable
+from .errors import DatabaseUnavailable, UnsupportedDatabase
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CONNECT_TIMEOUT_SECS = 5
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
@@ -47,6 +57,95 @@ def connect(url: str, purpose: str, *, statement_timeout_secs: float | None = No
                                **connection_kwargs(purpose, statement_timeout_secs, settings))
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {first_line(exc)}") from exc
+
+
+MIN_SERVER_VERSION = 150000  # PostgreSQL 15: MERGE, pg_snapshot functions, NULLS NOT DISTINCT
+
+
+def check_server_version(conn: psycopg.Connection) -> None:
+    """Refuse a PostgreSQL older than 15 with a message that says so (exit 78)."""
+    version = conn.info.server_version
+    if version < MIN_SERVER_VERSION:
+        raise UnsupportedDatabase(f"PostgreSQL {version // 10000}.{version % 10000} is too old: "
+                          f"forge-node needs PostgreSQL {MIN_SERVER_VERSION // 10000} or newer")
+
+
+class Dedicated:
+    """One connection of a process's own, for one purpose: opened by the first `get()`, and
+    again by the first one after it was lost (closed, broken, or found dead before use).
+    `on_open(conn)` restores its session state (LISTEN ...); `new_session` tells whether the
+    last `get()` opened a new session, whose locks and LISTENs the old one took with it."""
+
+    def __init__(self, url: str, purpose: str, *, statement_timeout_secs: float | None = None,
+                 settings: dict[str, object] | None = None,
+                 connect_timeout_secs: float | None = None,
+                 on_open: Callable[[psycopg.Connection], None] | None = None) -> None:
+        self.url = url
+        self.purpose = purpose
+        self.kwargs = connection_kwargs(purpose, statement_timeout_secs, settings)
+        if connect_timeout_secs is not None:
+            self.kwargs["connect_timeout"] = max(1, round(connect_timeout_secs))
+        self.on_open = on_open
+        self.new_session = False
+        self._conn: psycopg.Connection | None = None
+
+    def get(self) -> psycopg.Connection:
+        """The connection, alive as far as can be told; DatabaseUnavailable when it cannot
+        be opened."""
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken and _passes_check(conn):
+            self.new_session = False
+            return conn
+        self.close()
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, **self.kwargs)
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {first_line(exc)}") \
+                from exc
+        try:
+            if self.on_open is not None:
+                self.on_open(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self.new_session = conn, True
+        return conn
+
+    @property
+    def current(self) -> psycopg.Connection | None:
+        """The open connection as it is, unchecked (None when there is none): for reading
+        what arrived on it, such as notifications."""
+        conn = self._conn
+        return None if conn is None or conn.closed else conn
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+class Probe:
+    """`read(conn)` on a dedicated connection with a short timeout, for readiness: its
+    result, or None when the database does not answer in time. Thread-safe; a failure drops
+    the connection, so the next probe reconnects once the database is back."""
+
+    def __init__(self, url: str, purpose: str,
+                 read: Callable[[psycopg.Connection], T] = lambda conn: conn.execute(
+                     "SELECT 1").fetchone(),
+                 timeout_secs: float = 2) -> None:
+        self.read = read
+        self._db = Dedicated(url, purpose, statement_timeout_secs=timeout_secs,
+                             connect_timeout_secs=timeout_secs)
+        self._lock = threading.Lock()
+
+    def fetch(self) -> Any:
+        with self._lock:
+            try:
+                return self.read(self._db.get())
+            except (psycopg.Error, DatabaseUnavailable) as exc:
+                log.debug("readiness probe failed: %s", first_line(exc))
+                self._db.close()
+                return None
 
 
 IDLE_CHECK_SECS = 1.0
@@ -104,22 +203,75 @@ class _StampingAsyncPool(AsyncConnectionPool):
 
 async def check_if_idle_async(conn: psycopg.AsyncConnection) -> None:
     """check_if_idle for an async pool."""
-    if _idle(conn):
+    if _idle(conn) or _has_input(conn):
         await AsyncConnectionPool.check_connection(conn)
 
 
 def check_if_idle(conn: psycopg.Connection) -> None:
-    """Before a checkout, prove with a round trip that a connection idle for over a second
-    still works (after a PostgreSQL restart, every idle one is dead). One returned a moment
-    ago was alive then (a broken one is not taken back): checking it too would double the
-    round trips of a busy pool."""
-    if _idle(conn):
+    """Before a checkout, prove with a round trip that a connection still works when it was
+    idle for over a second or its socket has something to read (after a PostgreSQL restart,
+    each is dead). One returned a moment ago with nothing waiting was alive then: checking it
+    too would double the round trips of a busy pool."""
+    if _idle(conn) or _has_input(conn):
         ConnectionPool.check_connection(conn)
+
+
+def _passes_check(conn: psycopg.Connection) -> bool:
+    """A dedicated connection is fine unless its socket has input; then a round trip says."""
+    if not _has_input(conn):
+        return True
+    try:
+        ConnectionPool.check_connection(conn)
+        return True
+    except psycopg.Error:
+        return False
 
 
 def _idle(conn: psycopg.Connection | psycopg.AsyncConnection) -> bool:
     """Unused for over IDLE_CHECK_SECS (a pool stamps a connection when it comes back)."""
     return time.monotonic() - getattr(conn, "_forge_used_at", 0.0) > IDLE_CHECK_SECS
+
+
+def _has_input(conn: psycopg.Connection | psycopg.AsyncConnection) -> bool:
+    """Whether the socket of a connection at rest has bytes (or an end) to read: from a
+    server that is closing the session. (poll(), not select(): a gateway's sockets are
+    numbered past select's 1,024.)"""
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class CountingCursor(psycopg.Cursor):
+    """Marks its connection once a statement of it succeeds (`statement_ran`), so a failure
+    on a connection that ran nothing can be retried on another without running anything
+    twice."""
+
+    def execute(self, *args: Any, **kwargs: Any) -> CountingCursor:
+        result = super().execute(*args, **kwargs)
+        self.connection.statement_ran = True  # type: ignore[attr-defined]
+        return result
+
+
+class AsyncCountingCursor(psycopg.AsyncCursor):
+    """CountingCursor for an AsyncConnection."""
+
+    async def execute(self, *args: Any, **kwargs: Any) -> AsyncCountingCursor:
+        result = await super().execute(*args, **kwargs)
+        self.connection.statement_ran = True  # type: ignore[attr-defined]
+        return result
+
+
+class DiedBeforeAStatement(psycopg.OperationalError):
+    """The connection was lost before any statement of this work ran on it: the work may be
+    retried on another connection as it is."""
+
+
+def died_before_a_statement(conn: psycopg.Connection | psycopg.AsyncConnection | None,
+                            exc: BaseException) -> bool:
+    """Whether `exc`, raised by work on `conn` (a counting cursor's), lost the connection
+    before any of the work's statements ran."""
+    return (isinstance(exc, psycopg.OperationalError) and conn is not None and conn.broken
+            and not getattr(conn, "statement_ran", True))
 
 
 def first_line(exc: BaseException) -> str:

@@ -40,6 +40,12 @@ class MigrationError(ForgeNodeError):
     exit_code = EXIT_CONFIG
 
 
+class UnsupportedDatabase(ForgeNodeError):
+    """The PostgreSQL server is one forge-node cannot run on (older than 15)."""
+
+    exit_code = EXIT_CONFIG
+
+
 class DatabaseUnavailable(ForgeNodeError):
     """PostgreSQL cannot be reached; retrying later may succeed."""
 

@@ -47,7 +47,8 @@ class LeaderElection:
         self.purpose = purpose
         self.is_leader = False
         self.next_check_at = 0.0  # time.monotonic() when the lock is next proved held
-        self._conn: psycopg.Connection | None = None
+        self._db = db.Dedicated(url, f"{purpose} leader", statement_timeout_secs=5,
+                                settings=SESSION_SETTINGS)
         self._params = {"class_id": LOCK_CLASS_ID, "role_id": ROLE_IDS[role], "role": role,
                         "node_id": node_id}
 
@@ -82,9 +83,10 @@ class LeaderElection:
 
     def resign(self) -> None:
         """Stand down cleanly: unlock, and wake the standbys at once."""
-        if self.is_leader and self._conn is not None:
+        conn = self._db.current
+        if self.is_leader and conn is not None:
             try:
-                self._conn.execute(Q.resign_leadership, self._params)
+                conn.execute(Q.resign_leadership, self._params)
             except psycopg.Error as exc:
                 log.warning("could not resign cleanly: %s", db.first_line(exc),
                             extra={"event": "leader.resign_failed", "leader_role": self.role})
@@ -92,13 +94,10 @@ class LeaderElection:
 
     def close(self) -> None:
         self.is_leader = False
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._db.close()
 
     def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self.is_leader = False
-            self._conn = db.connect(self.url, f"{self.purpose} leader", statement_timeout_secs=5,
-                                    settings=SESSION_SETTINGS)
-        return self._conn
+        conn = self._db.get()
+        if self._db.new_session:
+            self.is_leader = False  # the lock went with the old session
+        return conn

@@ -22,37 +22,36 @@ RETRY_SECS = 1.0
 
 class Listener:
     def __init__(self, url: str, channels: tuple[str, ...], purpose: str) -> None:
-        self.url = url
         self.channels = channels
-        self.purpose = purpose
-        self._conn: psycopg.Connection | None = None
+        self._db = db.Dedicated(url, purpose, on_open=self._listen)
         self._lost = False
         self._retry_at = 0.0
 
     def fds(self) -> list[int]:
         """The socket to select() on; none while disconnected."""
-        return [self._conn.pgconn.socket] if self._conn is not None else []
+        conn = self._db.current
+        return [conn.pgconn.socket] if conn is not None else []
 
     def poll(self) -> list[psycopg.Notify] | None:
         """Notifications received so far; None after a (re)connect: the caller should poll."""
-        if self._conn is None:
+        conn = self._db.current
+        if conn is None:
             return [] if time.monotonic() < self._retry_at else self._connect()
         try:
-            return list(self._conn.notifies(timeout=0))
+            return list(conn.notifies(timeout=0))
         except psycopg.Error as exc:
             self._drop(exc)
             return None
 
+    def _listen(self, conn: psycopg.Connection) -> None:
+        for channel in self.channels:
+            conn.execute(f"LISTEN {channel}")
+
     def _connect(self) -> None:
         self._retry_at = time.monotonic() + RETRY_SECS
-        conn = None
         try:
-            conn = db.connect(self.url, self.purpose)
-            for channel in self.channels:
-                conn.execute(f"LISTEN {channel}")
+            self._db.get()
         except (DatabaseUnavailable, psycopg.Error) as exc:
-            if conn is not None:
-                conn.close()
             if not self._lost:
                 log.warning("cannot listen for wake-ups: %s; polling meanwhile",
                             db.first_line(exc), extra={"event": "worker.listener_lost"})
@@ -61,7 +60,6 @@ class Listener:
         if self._lost:
             log.info("listening for wake-ups again", extra={"event": "worker.listener_back"})
         self._lost = False
-        self._conn = conn
         return None
 
     def _drop(self, exc: Exception) -> None:
@@ -71,8 +69,4 @@ class Listener:
         self.close()
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+        self._db.close()

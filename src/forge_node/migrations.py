@@ -158,6 +158,7 @@ class Migrator:
     @contextmanager
     def _locked_session(self) -> Iterator[psycopg.Connection]:
         with db.connect(self.url, "migrate") as conn:
+            db.check_server_version(conn)
             key = {"key": MIGRATION_LOCK_KEY}
             if not conn.execute(Q.try_lock_migrations, key).fetchone()[0]:
                 log.info("another node is migrating; waiting for the migration lock",

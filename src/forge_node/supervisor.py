@@ -90,7 +90,8 @@ class Supervisor:
         self.waker = Waker()
         self.backoff = Backoff(base=1.0, factor=2.0, cap=30.0, jitter=0.1)
         timing = config.cluster
-        self.services = ServiceRunner(self._connect, [
+        self.services = ServiceRunner(db.Dedicated(
+            database_url, self._purpose, statement_timeout_secs=5), [
             Heartbeat(self.node, self.node_status, timing.heartbeat_interval_secs),
             DeadNodeReaper(timing.dead_threshold_secs, timing.heartbeat_interval_secs),
             ReclaimJobsOfDeadNodes(timing.heartbeat_interval_secs),
@@ -378,9 +379,12 @@ class Supervisor:
             log.info("node %s ready", self.node.id, extra={"event": "node.ready"})
             sd_notify("READY=1")
 
+    @property
+    def _purpose(self) -> str:
+        return f"supervisor {str(self.node.id)[:8]}"
+
     def _connect(self) -> psycopg.Connection:
-        return db.connect(self.database_url, f"supervisor {str(self.node.id)[:8]}",
-                          statement_timeout_secs=5)
+        return db.connect(self.database_url, self._purpose, statement_timeout_secs=5)
 
     def _deregister(self) -> None:
         try:

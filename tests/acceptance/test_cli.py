@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import struct
+import threading
 
 from forge_node.migrations import internal_migrations
 from tests.plugins.apps import free_port
@@ -139,3 +142,59 @@ def test_status_on_an_unmigrated_database_says_what_to_do(make_app, database_url
     result = forge_cli("status", "--config", str(app.config_path), env=node_env(database_url))
     assert result.returncode == 1
     assert "no forge-node tables yet" in result.stderr
+
+
+class OldPostgres:
+    """A server that answers PostgreSQL's startup handshake as version 14 would, and nothing
+    more (no PostgreSQL 14 is installed here): enough for the version check that must come
+    before any statement."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            with client:
+                self.handshake(client)
+
+    @staticmethod
+    def handshake(client: socket.socket) -> None:
+        while True:
+            length, code = struct.unpack("!II", client.recv(8))
+            client.recv(length - 8, socket.MSG_WAITALL)
+            if code in (80877103, 80877104):  # SSLRequest, GSSENCRequest: not here
+                client.sendall(b"N")
+                continue
+            break
+
+        def message(kind: bytes, body: bytes) -> bytes:
+            return kind + struct.pack("!I", len(body) + 4) + body
+
+        client.sendall(message(b"R", struct.pack("!I", 0))  # AuthenticationOk
+                       + message(b"S", b"server_version\x0014.11\x00")
+                       + message(b"S", b"client_encoding\x00UTF8\x00")
+                       + message(b"K", struct.pack("!II", 1, 2))
+                       + message(b"Z", b"I"))
+        client.recv(1024)  # the first query, never answered: the node must not get this far
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_run_refuses_a_postgres_older_than_15_with_exit_78(make_app):
+    server = OldPostgres()
+    try:
+        app = make_app()
+        url = f"postgresql://forge@127.0.0.1:{server.port}/forge?sslmode=disable"
+        result = forge_cli("run", "--config", str(app.config_path), env=node_env(url))
+    finally:
+        server.close()
+    assert result.returncode == 78
+    assert "PostgreSQL 14.11 is too old: forge-node needs PostgreSQL 15 or newer" in \
+        result.stderr

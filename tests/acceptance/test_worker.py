@@ -13,6 +13,7 @@ import pytest
 import forge_node as forge
 from forge_node import app as app_module
 from forge_node.migrations import Migrator, all_migrations
+from tests.plugins.calls import rpc_data
 from tests.plugins.jobs import EXECUTIONS, JOBS_MODULE, executions, job_status, wait_for_jobs
 from tests.plugins.nodes import forge_cli, node_env, wait_until
 
@@ -251,3 +252,33 @@ def test_a_mutation_that_fails_leaves_no_job(gateway, db):
     assert failed.status_code == 422
     keys = [r[0] for r in db.execute("SELECT args->>'key' FROM forge_jobs").fetchall()]
     assert keys == ["kept"]
+
+
+STATEMENT_TIMEOUT_MODULE = '''
+import forge_node as forge
+
+@forge.mutation(public=True)
+def start(ctx, args):
+    return ctx.enqueue(args["job"], {"secs": args["secs"]})
+
+@forge.job(max_attempts=1)
+def sleeps(ctx, args):
+    ctx.db.execute("SELECT pg_sleep(%s)", [args["secs"]])
+
+@forge.job(max_attempts=1, timeout_secs=10)
+def sleeps_with_its_own_timeout(ctx, args):
+    ctx.db.execute("SELECT pg_sleep(%s)", [args["secs"]])
+'''
+
+
+def test_the_statement_timeout_bounds_jobs_unless_they_set_their_own(make_app, start_node,
+                                                                       database_url, db):
+    app = make_app(module=STATEMENT_TIMEOUT_MODULE, database={"statement_timeout_secs": 0.5},
+                   node={"roles": ["gateway", "function", "worker"]})
+    start_node(app, database_url).wait_ready()
+    bounded = rpc_data(app.port, "start", {"job": "sleeps", "secs": 2})
+    own = rpc_data(app.port, "start", {"job": "sleeps_with_its_own_timeout", "secs": 1})
+    wait_for_jobs(db, [bounded], status="dead", timeout=20)
+    error = db.execute("SELECT last_error FROM forge_jobs WHERE id = %s", [bounded]).fetchone()[0]
+    assert "canceling statement due to statement timeout" in error
+    wait_for_jobs(db, [own], timeout=20)

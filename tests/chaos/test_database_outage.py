@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import threading
 import urllib.error
 import urllib.request
 
+import psycopg
+import pytest
+
+from tests.plugins.calls import rpc_call
 from tests.plugins.nodes import wait_until
 from tests.plugins.usage import cpu_shares, node_processes, over
 
@@ -19,13 +25,7 @@ def ready(port):
 
 
 def rpc(port, name):
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/_api/rpc/{name}", data=b"{}",
-                                     method="POST", headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=15) as resp:
-            return resp.status, json.load(resp)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
+    return rpc_call(port, name, {})
 
 
 MODULE = '''
@@ -77,3 +77,112 @@ def test_roles_wait_for_the_database_without_spinning(make_app, start_node, own_
     finally:
         own_postgres.start()
     node.wait_for_event("worker.database_back", timeout=20)
+
+
+FAULTS_MODULE = '''
+import forge_node as forge
+
+@forge.query(public=True)
+def now(ctx, args):
+    return ctx.db.execute("SELECT 1 AS one").fetchone()
+
+
+@forge.query(public=True)
+async def now_async(ctx, args):
+    cursor = await ctx.db.execute("SELECT 1 AS one")
+    return await cursor.fetchone()
+
+
+@forge.mutation(public=True)
+def start(ctx, args):
+    return ctx.enqueue("work", {})
+
+
+@forge.job
+def work(ctx, args):
+    ctx.db.execute("SELECT 1")
+'''
+
+
+def terminate_forge_sessions(url):
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE application_name LIKE 'forge-node%'")
+
+
+@pytest.mark.parametrize("fault", ["restart", "crash", "terminate"])
+def test_no_call_fails_once_ready_answers_after_a_database_fault(make_app, start_node,
+                                                                  own_postgres, fault):
+    """PostgreSQL restarts (-m fast), crashes (-m immediate) or ends every forge-node session
+    while calls keep coming: after /_api/ready answers 200, no call fails (the pools never
+    hand out a connection the fault killed), no job is lost and the node never restarts."""
+    url = own_postgres.url_for(own_postgres.create_database())
+    app = make_app(module=FAULTS_MODULE, gateway={"workers": 1},
+                   node={"roles": ["gateway", "function", "worker", "scheduler"]})
+    node = start_node(app, url).wait_ready()
+    jobs = [rpc(app.port, "start")[1]["data"] for _ in range(20)]
+    stop = threading.Event()
+
+    def keep_calling():  # keeps the pools' connections freshly used up to the fault
+        while not stop.is_set():
+            rpc(app.port, "now")
+            rpc(app.port, "now_async")
+
+    load = threading.Thread(target=keep_calling)
+    load.start()
+    try:
+        wait_until(lambda: rpc(app.port, "now_async")[0] == 200, message="warm")
+        if fault == "terminate":
+            terminate_forge_sessions(url)
+        else:
+            own_postgres.stop("immediate" if fault == "crash" else "fast")
+            own_postgres.start()
+    finally:
+        stop.set()
+        load.join()
+    wait_until(lambda: ready(app.port)[0] == 200, timeout=30, message="ready again")
+    failed = [(name, status, body) for name in ("now", "now_async") * 30
+              for status, body in [rpc(app.port, name)] if status != 200]
+    assert failed == []
+    jobs.append(rpc(app.port, "start")[1]["data"])
+    with psycopg.connect(url, autocommit=True) as conn:
+        wait_until(lambda: conn.execute(
+            "SELECT count(*) FROM forge_jobs WHERE id = ANY(%s) AND status = 'completed'",
+            [jobs]).fetchone()[0] == len(jobs), timeout=30, message="every job completed")
+    assert node.proc.poll() is None
+
+
+POOL_MODULE = '''
+import forge_node as forge
+
+@forge.query(public=True)
+def slow(ctx, args):
+    return ctx.db.execute("SELECT pg_sleep(0.3) IS NULL AS slept").fetchone()
+
+
+@forge.query(public=True)
+async def slow_async(ctx, args):
+    cursor = await ctx.db.execute("SELECT pg_sleep(0.3) IS NULL AS slept")
+    return await cursor.fetchone()
+'''
+
+
+def test_a_gateway_process_opens_at_most_pool_size_connections(make_app, start_node,
+                                                                database_url, db):
+    app = make_app(module=POOL_MODULE, database={"pool_size": 4},
+                   gateway={"workers": 1, "threads": 8})
+    start_node(app, database_url).wait_ready()
+    seen = []
+
+    def count_function_sessions():
+        seen.append(db.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name ~ '^forge-node gateway \\S+ pid \\d+$'").fetchone()[0])
+        return seen[-1]
+
+    with concurrent.futures.ThreadPoolExecutor(24) as calls:
+        answers = [calls.submit(rpc, app.port, name) for name in ("slow", "slow_async") * 12]
+        while not all(answer.done() for answer in answers):
+            count_function_sessions()
+    assert all(answer.result()[0] == 200 for answer in answers)
+    assert 2 <= max(seen) <= 4

@@ -19,6 +19,7 @@ from uuid import UUID
 import falcon
 import falcon.asgi
 
+from .. import db
 from ..app import AppRegistry
 from ..auth import TokenVerifier
 from ..config import Config
@@ -37,7 +38,7 @@ from .resources.events import (
     UnsubscribeResource,
 )
 from .resources.frontend import FrontendSink
-from .resources.health import DatabaseProbe, HealthResource, ReadyResource
+from .resources.health import HealthResource, ReadyResource
 from .resources.rpc import RpcResource
 
 
@@ -62,7 +63,7 @@ class GatewayDeps:
     config: Config
     registry: AppRegistry
     telemetry: Telemetry
-    database: DatabaseProbe
+    database: db.Probe
     runner: FunctionRunner | None
     verifier: TokenVerifier | None
     drain: DrainFlag = field(default_factory=DrainFlag)
@@ -85,7 +86,7 @@ class GatewayDeps:
                           config.gateway.workers)
             drain.on_drain.append(hub.shutdown)
         verifier = TokenVerifier(config.auth) if config.auth.configured else None
-        return cls(config, registry, telemetry, DatabaseProbe(database_url, f"{purpose} ready"),
+        return cls(config, registry, telemetry, db.Probe(database_url, f"{purpose} ready"),
                    runner, verifier, drain, hub)
 
     def readiness(self) -> tuple[bool, bool]:

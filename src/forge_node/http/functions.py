@@ -63,13 +63,15 @@ class FunctionRunner:
     def for_urls(cls, url: str, replica_urls: tuple[str, ...], *, pool_size: int,
                  statement_timeout_secs: float, threads: int, purpose: str,
                  telemetry: Telemetry) -> FunctionRunner:
-        """A `def` function holds at most one connection of a thread; `async def` functions
-        share up to `pool_size`."""
+        """The process opens at most `pool_size` connections per database: a `def` function
+        holds one of its thread's (up to `threads` of them, leaving one at least), `async def`
+        functions and live updates share the rest."""
         targets = [(url, purpose), *((u, f"{purpose} replica") for u in replica_urls)]
-        pools = [db.create_pool(target, name, max_size=min(pool_size, threads),
+        for_threads = max(1, min(threads, pool_size - 1))
+        pools = [db.create_pool(target, name, max_size=for_threads,
                                 statement_timeout_secs=statement_timeout_secs,
                                 configure=_configure_connection) for target, name in targets]
-        async_pools = [db.create_async_pool(target, name, max_size=pool_size,
+        async_pools = [db.create_async_pool(target, name, max_size=max(1, pool_size - for_threads),
                                             statement_timeout_secs=statement_timeout_secs,
                                             configure=_configure_async_connection)
                        for target, name in targets]
@@ -122,10 +124,19 @@ class FunctionRunner:
         be reached is 503. (One frame for all of it: this runs on every call.)"""
         outcome = "error"
         try:
-            if spec.is_async:
-                result = await self._run_async(spec, args, auth, request_id)
-            else:
-                result = await self._run_in_thread(spec, args, auth, request_id)
+            try:
+                if spec.is_async:
+                    result = await self._run_async(spec, args, auth, request_id)
+                else:
+                    result = await self._run_in_thread(spec, args, auth, request_id)
+            except db.DiedBeforeAStatement as exc:  # nothing ran: run it again, once
+                log.info("function %s lost its connection before its first statement: %s; "
+                         "running it again on another", spec.name, db.first_line(exc),
+                         extra={"event": "fn.retried", "request_id": request_id})
+                if spec.is_async:
+                    result = await self._run_async(spec, args, auth, request_id)
+                else:
+                    result = await self._run_in_thread(spec, args, auth, request_id)
             outcome = "ok"
             return result
         except ApiError as exc:
@@ -173,17 +184,25 @@ class FunctionRunner:
     def _checkout(self, spec: FunctionSpec, statement: _Statement) -> Iterator[psycopg.Connection]:
         # The pool's block is the transaction: it commits when the block ends normally and
         # rolls back when it raises (an explicit conn.transaction() costs a round trip)
-        with _pick(self.pools, spec).connection(timeout=POOL_WAIT_SECS) as conn:
-            statement.conn = conn
-            try:
-                read_only = spec.kind == "query"
-                if conn.read_only != read_only:  # BEGIN READ ONLY, with the first query
-                    conn.read_only = read_only
-                if spec.timeout_secs is not None:
-                    conn.execute(_SET_TIMEOUT, [_timeout_ms(spec)])
-                yield conn
-            finally:
-                statement.conn = None
+        conn = None
+        try:
+            with _pick(self.pools, spec).connection(timeout=POOL_WAIT_SECS) as conn:
+                statement.conn = conn
+                try:
+                    read_only = spec.kind == "query"
+                    if conn.read_only != read_only:  # BEGIN READ ONLY, with the first query
+                        conn.read_only = read_only
+                    conn.statement_ran = False
+                    if spec.timeout_secs is not None:
+                        conn.execute(_SET_TIMEOUT, [_timeout_ms(spec)])
+                        conn.statement_ran = False  # forge-node's own statement
+                    yield conn
+                finally:
+                    statement.conn = None
+        except psycopg.OperationalError as exc:
+            if db.died_before_a_statement(conn, exc):
+                raise db.DiedBeforeAStatement(str(exc)) from exc
+            raise
 
     # -- async def functions: on the event loop ---------------------------------------------
 
@@ -229,13 +248,21 @@ class FunctionRunner:
     @contextlib.asynccontextmanager
     async def _checkout_async(self, spec: FunctionSpec) -> AsyncIterator[psycopg.AsyncConnection]:
         await self._open_async_pools()
-        async with _pick(self.async_pools, spec).connection(timeout=POOL_WAIT_SECS) as conn:
-            read_only = spec.kind == "query"
-            if conn.read_only != read_only:
-                await conn.set_read_only(read_only)
-            if spec.timeout_secs is not None:
-                await conn.execute(_SET_TIMEOUT, [_timeout_ms(spec)])
-            yield conn
+        conn = None
+        try:
+            async with _pick(self.async_pools, spec).connection(timeout=POOL_WAIT_SECS) as conn:
+                read_only = spec.kind == "query"
+                if conn.read_only != read_only:
+                    await conn.set_read_only(read_only)
+                conn.statement_ran = False
+                if spec.timeout_secs is not None:
+                    await conn.execute(_SET_TIMEOUT, [_timeout_ms(spec)])
+                    conn.statement_ran = False  # forge-node's own statement
+                yield conn
+        except psycopg.OperationalError as exc:
+            if db.died_before_a_statement(conn, exc):
+                raise db.DiedBeforeAStatement(str(exc)) from exc
+            raise
 
 
 def _call(spec: FunctionSpec, ctx: FunctionContext, args: dict, deadline: float | None) -> Any:
@@ -287,10 +314,12 @@ def _forget(future: asyncio.Future) -> None:
 
 def _configure_connection(conn: psycopg.Connection) -> None:
     conn.row_factory = namedtuple_row  # rows answer to row[0] and row.name alike
+    conn.cursor_factory = db.CountingCursor
 
 
 async def _configure_async_connection(conn: psycopg.AsyncConnection) -> None:
     conn.row_factory = namedtuple_row
+    conn.cursor_factory = db.AsyncCountingCursor
 
 
 def _unavailable() -> ApiError:

@@ -28,7 +28,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import cluster, db, jobs
 from ..config import Config
-from ..http.resources.health import DatabaseProbe, HealthResource, ReadyResource
+from ..http.resources.health import HealthResource, ReadyResource
 from ..leader import ROLE_IDS
 from ..process import RoleProcess
 
@@ -45,9 +45,8 @@ class MonitorProcess(RoleProcess):
         ctx = self.ctx
         self.server = None
         if "gateway" not in ctx.config.node.roles:
-            self.row = DatabaseProbe(ctx.database_url, self.purpose,
-                                     "SELECT status FROM forge_nodes WHERE id = %s",
-                                     (ctx.node_id,))
+            self.status = db.Probe(ctx.database_url, self.purpose,
+                                   lambda conn: cluster.node_status(conn, ctx.node_id) or "")
             self.server = self.probe_server()
         if ctx.config.observability.exports("metrics"):
             NodeGauges(ctx.database_url, ctx.node_id, ctx.config, self.purpose).register(
@@ -64,8 +63,8 @@ class MonitorProcess(RoleProcess):
         return server
 
     def readiness(self) -> tuple[bool, bool]:
-        row = self.row.fetch()
-        return row is not None, bool(row) and row[0] == "active"
+        status = self.status.fetch()
+        return status is not None, status == "active"
 
     def run_once(self) -> None:
         """Answer the probe that woke the loop, if any."""
@@ -85,7 +84,6 @@ class NodeGauges:
     """Observable gauges read from the database, one snapshot per collection."""
 
     def __init__(self, url: str, node_id: Any, config: Config, purpose: str) -> None:
-        self.url = url
         self.purpose = purpose
         self.node_id = node_id
         self.dead_threshold_secs = config.cluster.dead_threshold_secs
@@ -95,7 +93,7 @@ class NodeGauges:
         self._snapshot: dict[str, Any] = {}
         self._taken_at = float("-inf")
         self._lock = threading.Lock()
-        self._conn: psycopg.Connection | None = None
+        self._db = db.Dedicated(url, purpose, statement_timeout_secs=5)
 
     def register(self, meter: Any) -> None:
         meter.create_observable_gauge("cluster.nodes", [self.nodes],
@@ -147,9 +145,7 @@ class NodeGauges:
                 return self._snapshot
             self._taken_at = time.monotonic()
             try:
-                if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._conn = db.connect(self.url, self.purpose, statement_timeout_secs=5)
-                conn = self._conn
+                conn = self._db.get()
                 self._snapshot = {
                     "nodes": cluster.list_nodes(conn, self.dead_threshold_secs),
                     "leaders": cluster.list_leaders(conn, self.dead_threshold_secs),
@@ -157,7 +153,7 @@ class NodeGauges:
                     "queues": jobs.queue_depths(conn)}
             except (psycopg.Error, db.DatabaseUnavailable) as exc:
                 log.debug("node metrics unavailable: %s", db.first_line(exc))
-                self._conn = None
+                self._db.close()
                 self._snapshot = {}
             return self._snapshot
 

@@ -44,7 +44,7 @@ class SchedulerProcess(RoleProcess):
         self.listener = Listener(ctx.database_url, (LEADER_CHANNEL,), self.purpose)
         self.next_fire: dict[str, datetime.datetime] = {}
         self.next_attempt = 0.0
-        self.conn: psycopg.Connection | None = None  # for ticks; the lock has its own
+        self.db = db.Dedicated(ctx.database_url, self.purpose)  # for ticks; the lock has its own
 
     def run_once(self) -> None:
         self.read_notifications()
@@ -58,19 +58,11 @@ class SchedulerProcess(RoleProcess):
 
     def database_lost(self) -> None:
         self.election.close()
-        self.close_connection()
+        self.db.close()
         self.next_attempt = time.monotonic() + LEADER_RETRY_SECS
 
     def connection(self) -> psycopg.Connection:
-        """Opened on first use, and again after it broke."""
-        if self.conn is None or self.conn.closed or self.conn.broken:
-            self.conn = db.connect(self.ctx.database_url, self.purpose)
-        return self.conn
-
-    def close_connection(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        return self.db.get()
 
     def read_notifications(self) -> None:
         if self.listener.poll():  # a leader stood down: try at once
@@ -159,7 +151,7 @@ class SchedulerProcess(RoleProcess):
                                                                  "leader_role": "scheduler"})
         self.election.resign()
         self.listener.close()
-        self.close_connection()
+        self.db.close()
         super().shutdown()
 
 

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import functools
 import logging
 import time
 import traceback
+from collections.abc import Iterator
 
+import psycopg
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
@@ -36,6 +40,7 @@ from ..process import RoleProcess
 
 log = logging.getLogger(__name__)
 
+SET_TIMEOUT = "SELECT set_config('statement_timeout', %s, true)"
 CANCEL_CHECK_SECS = 1.0
 DRAIN_MARGIN_SECS = 1.0      # finish draining this long before the supervisor's SIGKILL
 
@@ -54,11 +59,15 @@ class WorkerProcess(RoleProcess):
                               execute=self.execute, report=self.report)
                       for i, capability in enumerate(config.node.worker_capabilities)]
         slots = sum(pool.slots for pool in self.pools)
-        self.handler_db = db.create_pool(ctx.database_url, f"{self.purpose} jobs", min_size=0,
-                                         max_size=slots + 2)
+        # [database] statement_timeout_secs bounds handlers' statements, unless a job has a
+        # timeout_secs of its own (job_connection)
+        self.handler_db = db.create_pool(
+            ctx.database_url, f"{self.purpose} jobs", min_size=0,
+            max_size=min(slots + 2, config.database.pool_size),
+            statement_timeout_secs=config.database.statement_timeout_secs)
         self.handler_db.open(wait=False)
         self.listener = Listener(ctx.database_url, (NOTIFY_CHANNEL, CANCEL_CHANNEL), self.purpose)
-        self.queue: WorkerQueue | None = None
+        self.queue_db = db.Dedicated(ctx.database_url, self.purpose)
         self.reclaimed = False
         self.next_poll = 0.0
         self.next_cancel_check = 0.0
@@ -75,15 +84,10 @@ class WorkerProcess(RoleProcess):
         self.claim_jobs()
 
     def database_lost(self) -> None:
-        if self.queue is not None:
-            self.queue.conn.close()
-            self.queue = None
+        self.queue_db.close()
 
     def connection(self) -> WorkerQueue:
-        if self.queue is None or self.queue.conn.closed or self.queue.conn.broken:
-            self.queue = WorkerQueue(db.connect(self.ctx.database_url, self.purpose),
-                                     self.ctx.node_id)
-        return self.queue
+        return WorkerQueue(self.queue_db.get(), self.ctx.node_id)
 
     # -- the steps of a turn ---------------------------------------------------------------
 
@@ -251,7 +255,7 @@ class WorkerProcess(RoleProcess):
             return Outcome(running, ok=False, error=f"this worker has no job named {job.type!r}")
         if running.cancel_flag:
             return Outcome(running, ok=True)  # cancelled before it started
-        ctx = JobContext(job, self.handler_db.connection,
+        ctx = JobContext(job, functools.partial(self.job_connection, job),
                          lambda percent, message: self.write_progress(job, percent, message),
                          lambda: running.cancel_flag)
         try:
@@ -266,6 +270,16 @@ class WorkerProcess(RoleProcess):
             return Outcome(running, ok=False, error=_describe(exc),
                            permanent=isinstance(exc, PermanentError))
         return Outcome(running, ok=True, result=value)
+
+    @contextlib.contextmanager
+    def job_connection(self, job: ClaimedJob) -> Iterator[psycopg.Connection]:
+        """A handler's connection; a job's own timeout_secs bounds its statements instead of
+        [database] statement_timeout_secs (for its transaction: one that commits early gets
+        the default back)."""
+        with self.handler_db.connection() as conn:
+            if job.timeout_secs is not None:
+                conn.execute(SET_TIMEOUT, [str(int(job.timeout_secs * 1000))])
+            yield conn
 
     def report(self, outcome: Outcome) -> None:
         self.reported.append(outcome)
@@ -303,8 +317,7 @@ class WorkerProcess(RoleProcess):
             pool.close()
         self.listener.close()
         self.handler_db.close(timeout=0.5)
-        if self.queue is not None:
-            self.queue.conn.close()
+        self.queue_db.close()
         super().shutdown()
 
     def collect_and_record(self) -> None:

@@ -29,10 +29,9 @@ class Service(Protocol):
 
 
 class ServiceRunner:
-    def __init__(self, connect: Callable[[], psycopg.Connection], services: list[Service],
+    def __init__(self, connection: db.Dedicated, services: list[Service],
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._connect = connect
-        self._conn: psycopg.Connection | None = None
+        self._db = connection
         self.services = services
         self.clock = clock
         self._due = {service.name: clock() for service in services}
@@ -47,7 +46,7 @@ class ServiceRunner:
         """Run one service now and schedule its next round (+-10% so nodes spread out)."""
         self._due[service.name] = self.clock() + service.interval_secs * random.uniform(0.9, 1.1)
         try:
-            result = service.run_once(self._connection())
+            result = service.run_once(self._db.get())
         except (psycopg.Error, DatabaseUnavailable) as exc:
             self._lost(exc)
             return None
@@ -64,14 +63,7 @@ class ServiceRunner:
 
     def disconnect(self) -> None:
         """Close the connection; the supervisor calls this before every fork."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = self._connect()
-        return self._conn
+        self._db.close()
 
     def _lost(self, exc: Exception) -> None:
         self.disconnect()

@@ -7,18 +7,11 @@ suffix "async") and the monitor's small WSGI server (`on_get`).
 from __future__ import annotations
 
 import asyncio
-import logging
-import threading
 from collections.abc import Callable
 
 import falcon
-import psycopg
 
-from ... import __version__, db
-
-log = logging.getLogger(__name__)
-
-READY_TIMEOUT_SECS = 2
+from ... import __version__
 
 
 class HealthResource:
@@ -29,37 +22,6 @@ class HealthResource:
 
     async def on_get_async(self, req: falcon.Request, resp: falcon.Response) -> None:
         self.on_get(req, resp)
-
-
-class DatabaseProbe:
-    """Runs one query on its own connection with a short timeout; reconnects after a failure,
-    so readiness recovers by itself when the database comes back."""
-
-    def __init__(self, url: str, purpose: str, query: str = "SELECT 1",
-                 params: tuple = ()) -> None:
-        self.url = url
-        self.purpose = purpose
-        self.query = query
-        self.params = params
-        self._conn: psycopg.Connection | None = None
-        self._lock = threading.Lock()
-
-    def fetch(self) -> tuple | None:
-        """The query's first row, or None when the database does not answer in time."""
-        with self._lock:
-            try:
-                if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._conn = psycopg.connect(
-                        self.url, autocommit=True,
-                        **{**db.connection_kwargs(self.purpose, READY_TIMEOUT_SECS),
-                           "connect_timeout": READY_TIMEOUT_SECS})
-                return self._conn.execute(self.query, self.params).fetchone() or ()
-            except psycopg.Error as exc:
-                log.debug("readiness query failed: %s", db.first_line(exc))
-                if self._conn is not None:
-                    self._conn.close()
-                self._conn = None
-                return None
 
 
 class ReadyResource:

@@ -1,0 +1,27 @@
+"""Plain HTTP calls to a node's API, as a client outside it makes them."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+def rpc_call(port: int, name: str, args: dict[str, Any]) -> tuple[int, dict]:
+    """POST /_api/rpc/<name>: the status and the JSON body, whatever the status."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/_api/rpc/{name}",
+                                     data=json.dumps({"args": args}).encode(), method="POST",
+                                     headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=15) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def rpc_data(port: int, name: str, args: dict[str, Any]) -> Any:
+    """The call's data; the call must succeed."""
+    status, body = rpc_call(port, name, args)
+    assert status == 200, body
+    return body["data"]
