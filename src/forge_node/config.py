@@ -67,11 +67,13 @@ class DatabaseConfig:
     statement_timeout_secs: float = 30
     replica_urls: tuple[str, ...] = ()
     read_from_replica: bool = False
+    replica_max_lag_secs: float = 10  # a replica further behind is skipped
 
     def problems(self) -> list[str]:
         found = _postgres_url(self.url, "database.url") if self.url else []
         found += _at_least(self.pool_size, 2, "database.pool_size")
         found += _at_least(self.statement_timeout_secs, 0, "database.statement_timeout_secs")
+        found += _positive(self.replica_max_lag_secs, "database.replica_max_lag_secs")
         for i, url in enumerate(self.replica_urls):
             found += _postgres_url(url, f"database.replica_urls[{i}]")
         if self.read_from_replica and not self.replica_urls:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from tests.plugins.nodes import wait_until
+
 MODULE = '''
 import forge_node as forge
 
@@ -41,3 +43,23 @@ def test_queries_go_to_the_replica_and_mutations_to_the_primary(gateway, replica
 def test_replicas_are_unused_unless_read_from_replica_is_on(gateway, replica_url):
     gw = gateway(MODULE, migrations=WHOAMI, database={"replica_urls": [replica_url]})
     assert gw.rpc("where").json["data"] == "primary"
+
+
+def test_a_replica_that_is_down_is_skipped_and_used_again_when_back(gateway, own_postgres):
+    name = own_postgres.create_database()
+    url = own_postgres.url_for(name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE whoami (name text); INSERT INTO whoami VALUES ('replica')")
+    gw = gateway(MODULE, migrations=WHOAMI,
+                 database={"replica_urls": [url], "read_from_replica": True})
+    assert gw.rpc("where").json["data"] == "replica"
+    own_postgres.stop()
+    try:
+        wait_until(lambda: gw.rpc("where").json.get("data") == "primary", timeout=10,
+                   message="queries fall back to the primary")
+        answers = [gw.rpc("where") for _ in range(20)]
+        assert [(a.status_code, a.json["data"]) for a in answers] == [(200, "primary")] * 20
+    finally:
+        own_postgres.start()
+    wait_until(lambda: gw.rpc("where").json.get("data") == "replica", timeout=10,
+               message="the replica is used again")

@@ -80,7 +80,8 @@ class GatewayDeps:
                 config.database.replica_urls if config.database.read_from_replica else (),
                 pool_size=config.database.pool_size,
                 statement_timeout_secs=config.database.statement_timeout_secs,
-                threads=config.gateway.threads, purpose=purpose, telemetry=telemetry)
+                threads=config.gateway.threads, purpose=purpose, telemetry=telemetry,
+                replica_max_lag_secs=config.database.replica_max_lag_secs)
             runner.open()
             hub = LiveHub(config.gateway.subscriptions, registry, runner, node_id, database_url,
                           config.gateway.workers)

@@ -41,6 +41,7 @@ from ..context import AsyncFunctionContext, FunctionContext
 from ..errors import Error
 from ..observability.otel import Telemetry
 from .errors import INTERNAL_ERROR, SERVICE_UNAVAILABLE, TIMEOUT, ApiError
+from .replicas import ReplicaHealth
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,14 @@ POOL_WAIT_SECS = 5.0
 
 class FunctionRunner:
     def __init__(self, pools: list[ConnectionPool], async_pools: list[AsyncConnectionPool],
-                 threads: int, telemetry: Telemetry) -> None:
-        """`pools` and `async_pools`: the primary first, then the replicas."""
+                 threads: int, telemetry: Telemetry,
+                 replicas: ReplicaHealth | None = None) -> None:
+        """`pools` and `async_pools`: the primary first, then the replicas, which `replicas`
+        checks."""
         self.pools = pools
         self.async_pools = async_pools
+        self.replicas = replicas
+        self._watching_replicas: asyncio.Task | None = None
         self.telemetry = telemetry
         self.metrics = telemetry.metrics
         self.threads = concurrent.futures.ThreadPoolExecutor(max_workers=threads,
@@ -62,7 +67,7 @@ class FunctionRunner:
     @classmethod
     def for_urls(cls, url: str, replica_urls: tuple[str, ...], *, pool_size: int,
                  statement_timeout_secs: float, threads: int, purpose: str,
-                 telemetry: Telemetry) -> FunctionRunner:
+                 telemetry: Telemetry, replica_max_lag_secs: float = 10) -> FunctionRunner:
         """The process opens at most `pool_size` connections per database: a `def` function
         holds one of its thread's (up to `threads` of them, leaving one at least), `async def`
         functions and live updates share the rest."""
@@ -75,7 +80,9 @@ class FunctionRunner:
                                             statement_timeout_secs=statement_timeout_secs,
                                             configure=_configure_async_connection)
                        for target, name in targets]
-        return cls(pools, async_pools, threads, telemetry)
+        replicas = ReplicaHealth(replica_urls, replica_max_lag_secs, purpose) \
+            if replica_urls else None
+        return cls(pools, async_pools, threads, telemetry, replicas)
 
     def open(self) -> None:
         """Open the synchronous pools; the async ones open inside the event loop, on first use."""
@@ -97,6 +104,8 @@ class FunctionRunner:
     def run(self, spec: FunctionSpec, args: dict, auth: dict | None,
             request_id: str) -> Awaitable[Any]:
         """Run the function in its `fn.execute` span; record its outcome as a metric."""
+        if self.replicas is not None and self._watching_replicas is None:
+            self._watching_replicas = asyncio.ensure_future(self.replicas.watch())
         if not self.telemetry.tracing:
             # without traces exported, the request's own ids are all a function's logs need
             # (and the call is one coroutine less: this runs on every call)
@@ -186,7 +195,7 @@ class FunctionRunner:
         # rolls back when it raises (an explicit conn.transaction() costs a round trip)
         conn = None
         try:
-            with _pick(self.pools, spec).connection(timeout=POOL_WAIT_SECS) as conn:
+            with self._pick(self.pools, spec).connection(timeout=POOL_WAIT_SECS) as conn:
                 statement.conn = conn
                 try:
                     read_only = spec.kind == "query"
@@ -239,6 +248,15 @@ class FunctionRunner:
         except (PoolTimeout, psycopg.OperationalError):
             raise _unavailable() from None
 
+    def _pick(self, pools: list, spec: FunctionSpec) -> Any:
+        """The primary, or for a query a replica that its last check found usable."""
+        if spec.kind == "query" and self.replicas is not None:
+            usable = [pool for pool, ok in zip(pools[1:], self.replicas.usable, strict=True)
+                      if ok]
+            if usable:
+                return random.choice(usable)
+        return pools[0]
+
     async def _open_async_pools(self) -> None:
         if not self._async_opened:
             self._async_opened = True
@@ -250,7 +268,8 @@ class FunctionRunner:
         await self._open_async_pools()
         conn = None
         try:
-            async with _pick(self.async_pools, spec).connection(timeout=POOL_WAIT_SECS) as conn:
+            pool = self._pick(self.async_pools, spec)
+            async with pool.connection(timeout=POOL_WAIT_SECS) as conn:
                 read_only = spec.kind == "query"
                 if conn.read_only != read_only:
                     await conn.set_read_only(read_only)
@@ -278,11 +297,6 @@ def _call(spec: FunctionSpec, ctx: FunctionContext, args: dict, deadline: float 
     return result
 
 
-def _pick(pools: list, spec: FunctionSpec) -> Any:
-    """The primary, or a replica for a query when there are replicas."""
-    if spec.kind == "query" and len(pools) > 1:
-        return random.choice(pools[1:])
-    return pools[0]
 
 
 _SET_TIMEOUT = "SELECT set_config('statement_timeout', %s, true)"
