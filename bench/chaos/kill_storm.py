@@ -2,6 +2,7 @@
 random child or a whole node is SIGKILLed and comes back.
 
     python bench/chaos/kill_storm.py [--jobs 5000] [--job-ms 200] [--rps 60] [--seed N] [--json]
+    python bench/chaos/kill_storm.py --calm      # the same without kills: the drain time's peer
 
 Each node runs every role (gateway, worker, scheduler). A kill picks, in a shuffled round of
 five kinds, one of: the gateway, worker or scheduler child of a node (its supervisor restarts
@@ -408,11 +409,13 @@ def storm(url: str, tmp: Path, args: argparse.Namespace) -> dict:
         started = time.monotonic()
         enqueue(nodes, url, args.jobs, args.job_ms / 1000)
         killer = threading.Thread(target=storm_.run, args=(drained,), daemon=True)
-        killer.start()
+        if not args.calm:
+            killer.start()
         wait_drained(url, args.timeout)
         drain_secs = time.monotonic() - started
         drained.set()
-        killer.join()
+        if killer.is_alive():
+            killer.join()
         last_kill = max((k.at for k in storm_.kills), default=started)
         storm_.close()
         stopping.set()
@@ -423,6 +426,8 @@ def storm(url: str, tmp: Path, args: argparse.Namespace) -> dict:
                 "drained_after_last_kill_secs": round(started + drain_secs - last_kill, 2),
                 "kills": len(storm_.kills),
                 "kills_by_kind": dict(Counter(k.kind for k in storm_.kills)),
+                "in_flight_by_kind": dict(sum((Counter({k.kind: len(k.in_flight)})
+                                               for k in storm_.kills), Counter())),
                 "kill_log": [(round(k.at - started, 2), k.slot, k.kind, len(k.in_flight))
                              for k in storm_.kills],
                 **job_figures(url, executions, storm_.kills),
@@ -449,7 +454,8 @@ def report(figures: dict) -> None:
     print(f"kills: {figures['kills']} {figures['kills_by_kind']}")
     print(f"executions: {figures['executions']}; duplicates {figures['duplicates']} "
           f"({figures['committed_duplicates']} of them committed), bound: "
-          f"{figures['in_flight_at_kills']} jobs in flight at the kills; unexplained "
+          f"{figures['in_flight_at_kills']} jobs in flight at the kills "
+          f"{figures['in_flight_by_kind']}; unexplained "
           f"{figures['unexplained_duplicates']}")
     print(f"HTTP: {figures['requests']} requests, {figures['failures']} failed "
           f"{figures['failure_kinds']}; explained by the kill of their own gateway "
@@ -468,6 +474,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=600, help="seconds to drain at most")
     parser.add_argument("--json", action="store_true", help="one JSON object, not the text")
+    parser.add_argument("--calm", action="store_true", help="kill nothing: the drain time's peer")
     args = parser.parse_args()
     with postgres() as admin_url, tempfile.TemporaryDirectory(prefix="kill-storm-") as tmp:
         url = fresh_database(admin_url, f"chaos_kill_storm_{os.getpid()}")
