@@ -106,7 +106,6 @@ class Kill:
     at: float  # time.monotonic()
     slot: int
     kind: str
-    pid: int
     node_pids: set[int]  # the node's processes just before the kill
     in_flight: list[int] = field(default_factory=list)  # job ids running on it at the kill
 
@@ -251,9 +250,14 @@ class Storm:
         self.restarting: set[int] = set()
         self.restarters: list[threading.Thread] = []
         self.kinds: list[str] = []
+        self.over = threading.Event()
+        self.killer = threading.Thread(target=self.run, daemon=True)
 
-    def run(self, done: threading.Event) -> None:
-        while not done.wait(self.rng.uniform(1.0, 2.0)):
+    def start(self) -> None:
+        self.killer.start()
+
+    def run(self) -> None:
+        while not self.over.wait(self.rng.uniform(1.0, 2.0)):
             self.kill_one()
 
     def next_kind(self) -> str:
@@ -284,8 +288,7 @@ class Storm:
         # the dead process can change nothing more: what still runs on its node was in flight
         # (a SIGKILLed supervisor's worker drains instead, and claims nothing more)
         in_flight = self.running_jobs(node_id) if kind in JOB_KILLS else []
-        self.kills.append(Kill(at, node.index, kind, target.pid, {p.pid for p in tree},
-                               in_flight))
+        self.kills.append(Kill(at, node.index, kind, {p.pid for p in tree}, in_flight))
         if kind in ("supervisor", "node"):
             self.bring_back(node, tree)
 
@@ -310,13 +313,18 @@ class Storm:
         node.proc.wait()
         _, alive = psutil.wait_procs(old_tree, timeout=OLD_TREE_GRACE_SECS)
         kill_all(alive)
+        if self.over.is_set():
+            return  # nothing more to start: the caller stops the nodes
         node.start()
         node.wait_ready()
         self.restarting.discard(node.index)
 
-    def close(self) -> None:
-        for thread in self.restarters:
-            thread.join(90)
+    def stop(self) -> None:
+        """No more kills; wait for nodes being started again (stopped with the others)."""
+        self.over.set()
+        for thread in [self.killer, *self.restarters]:
+            if thread.is_alive():
+                thread.join(90)
         self.db.close()
 
 
@@ -397,8 +405,8 @@ def storm(url: str, tmp: Path, args: argparse.Namespace) -> dict:
     executions = tmp / "executions.txt"
     executions.touch()
     nodes = [NodeSlot(i, tmp / f"node{i}", url, executions, args.slots) for i in range(3)]
-    stopping, drained = threading.Event(), threading.Event()
     storm_ = Storm(nodes, url, random.Random(args.seed))
+    stopping = threading.Event()
     loads = [HttpLoad(node, args.rps / len(nodes), stopping) for node in nodes]
     try:
         for node in nodes:
@@ -406,38 +414,44 @@ def storm(url: str, tmp: Path, args: argparse.Namespace) -> dict:
             node.wait_ready()  # one at a time: the first migrates
         for load in loads:
             load.start()
-        started = time.monotonic()
-        enqueue(nodes, url, args.jobs, args.job_ms / 1000)
-        killer = threading.Thread(target=storm_.run, args=(drained,), daemon=True)
-        if not args.calm:
-            killer.start()
-        wait_drained(url, args.timeout)
-        drain_secs = time.monotonic() - started
-        drained.set()
-        if killer.is_alive():
-            killer.join()
-        last_kill = max((k.at for k in storm_.kills), default=started)
-        storm_.close()
+        started, drain_secs = drain_in_the_storm(storm_, url, args)
+        storm_.stop()
         stopping.set()
         for load in loads:
             load.join()
         requests = [r for load in loads for r in load.requests]
-        return {"drain_secs": round(drain_secs, 2),
-                "drained_after_last_kill_secs": round(started + drain_secs - last_kill, 2),
-                "kills": len(storm_.kills),
-                "kills_by_kind": dict(Counter(k.kind for k in storm_.kills)),
-                "in_flight_by_kind": dict(sum((Counter({k.kind: len(k.in_flight)})
-                                               for k in storm_.kills), Counter())),
-                "kill_log": [(round(k.at - started, 2), k.slot, k.kind, len(k.in_flight))
-                             for k in storm_.kills],
+        return {**kill_figures(storm_.kills, started, drain_secs),
                 **job_figures(url, executions, storm_.kills),
                 **http_figures(storm_.kills, requests, started)}
     finally:
-        drained.set()
+        storm_.stop()
         stopping.set()
         for node in nodes:
             if node.proc is not None:
                 node.stop()
+
+
+def drain_in_the_storm(storm_: Storm, url: str, args: argparse.Namespace) -> tuple[float, float]:
+    """Enqueue the jobs and kill until they are done: (when they were enqueued, seconds to
+    drain the queue)."""
+    started = time.monotonic()
+    enqueue(storm_.nodes, url, args.jobs, args.job_ms / 1000)
+    if not args.calm:
+        storm_.start()
+    wait_drained(url, args.timeout)
+    return started, time.monotonic() - started
+
+
+def kill_figures(kills: list[Kill], started: float, drain_secs: float) -> dict:
+    last_kill = max((k.at for k in kills), default=started)
+    return {"drain_secs": round(drain_secs, 2),
+            "drained_after_last_kill_secs": round(started + drain_secs - last_kill, 2),
+            "kills": len(kills),
+            "kills_by_kind": dict(Counter(k.kind for k in kills)),
+            "in_flight_by_kind": dict(sum((Counter({k.kind: len(k.in_flight)}) for k in kills),
+                                          Counter())),
+            "kill_log": [(round(k.at - started, 2), k.slot, k.kind, len(k.in_flight))
+                         for k in kills]}
 
 
 def passed(figures: dict) -> bool:
