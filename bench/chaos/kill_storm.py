@@ -232,7 +232,7 @@ class HttpLoad(threading.Thread):
             if resp.status != 200:
                 return f"status {resp.status}", None
             return None, json.loads(body)["data"]
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:
             if self.conn is not None:
                 self.conn.close()
             self.conn = None
