@@ -96,9 +96,10 @@ class RestartablePostgres(PostgresServer):
         pgserver.pg_ctl(["-w", "-m", mode, "stop"], pgdata=self.data_dir,
                         user=self._server.system_user)
 
-    def start(self) -> None:
+    def start(self, listen_addresses: str = "") -> None:
+        """Start it again: on its Unix socket only, or also on TCP at `listen_addresses`."""
         import pgserver
-        pgserver.pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {self._socket_dir}",
+        pgserver.pg_ctl(["-w", "-o", f'-h "{listen_addresses}"', "-o", f"-k {self._socket_dir}",
                          "-l", str(self.data_dir / "log"), "start"],
                         pgdata=self.data_dir, user=self._server.system_user, timeout=30)
 
