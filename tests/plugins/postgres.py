@@ -106,6 +106,13 @@ class RestartablePostgres(PostgresServer):
 
 @pytest.fixture
 def own_postgres(tmp_path: Path) -> Iterator[RestartablePostgres]:
-    """A dedicated PostgreSQL for tests that stop and start the server."""
+    """A dedicated PostgreSQL for tests that stop and start the server. Stopped here: one
+    the test started again is no longer the one pgserver's cleanup knows to stop."""
     with embedded_server(tmp_path / "own-pg") as server:
-        yield RestartablePostgres(server)
+        own = RestartablePostgres(server)
+        try:
+            yield own
+        finally:
+            if (own.data_dir / "postmaster.pid").exists():
+                with contextlib.suppress(Exception):  # already down (a crash left the file)
+                    own.stop()
