@@ -72,6 +72,13 @@ def sleeper(ctx, args):
 
 
 @forge.job
+def slower_each_attempt(ctx, args):
+    record(ctx, args)
+    time.sleep(args["secs"][ctx.attempt - 1])
+    return {"attempt": ctx.attempt}
+
+
+@forge.job
 def until_cancelled(ctx, args):
     record(ctx, args)
     ctx.progress(10, "started")
