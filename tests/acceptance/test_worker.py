@@ -117,9 +117,13 @@ def test_failures_retry_with_backoff_then_die_with_the_traceback(enqueue, start_
 
 def test_a_permanent_error_is_dead_at_once(enqueue, start_node, database_url, db):
     start_node(enqueue.app, database_url).wait_ready()
-    job_id = enqueue("permanent", {"key": "perm"})
+    job_id = enqueue("permanent", {"key": "perm"})  # max_attempts=3, retried after 0.1 s
     wait_for_jobs(db, [job_id], status="dead")
     assert len(executions(db, "perm")) == 1
+    attempts, error = db.execute("SELECT attempts, last_error FROM forge_jobs WHERE id = %s",
+                                 [job_id]).fetchone()
+    assert attempts == 1
+    assert error.startswith("PermanentError: this will never work")
 
 
 def test_a_job_over_its_timeout_fails_and_the_worker_carries_on(enqueue, start_node,

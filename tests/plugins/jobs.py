@@ -52,7 +52,7 @@ def flaky(ctx, args):
     raise ValueError("flaky says no")
 
 
-@forge.job(max_attempts=1)
+@forge.job(max_attempts=3, backoff=forge.Backoff(base=0.1, factor=1, jitter=0))
 def permanent(ctx, args):
     record(ctx, args)
     raise forge.PermanentError("this will never work")
