@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from .sql import Queries
 
@@ -64,6 +65,11 @@ def heartbeat_node(conn: psycopg.Connection, node_id: uuid.UUID, status: str,
 def heartbeat_latency_ms(conn: psycopg.Connection, node_id: uuid.UUID) -> float | None:
     row = conn.execute(Q.get_heartbeat_latency, {"id": node_id}).fetchone()
     return row and row[0]
+
+
+def record_restarts(conn: psycopg.Connection, node_id: uuid.UUID,
+                    restarts: dict[str, int]) -> None:
+    conn.execute(Q.record_restarts, {"id": node_id, "restarts": Jsonb(restarts)})
 
 
 def deregister_node(conn: psycopg.Connection, node_id: uuid.UUID) -> None:
