@@ -69,7 +69,8 @@ import forge_node as forge
     node.children()["gateway"].suspend()
     node.send(signal.SIGINT)
     node.wait_for_event("node.draining")
-    time.sleep(0.3)
+    for role in ("worker", "scheduler"):  # the drain went on without the gateway
+        node.wait_for_event("role.stopped", where=lambda e, r=role: e["child_role"] == r)
     assert node.proc.poll() is None
     node.send(signal.SIGINT)
     assert node.wait(10) == 0
