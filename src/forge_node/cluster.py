@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from .sql import Queries
 
@@ -70,6 +71,11 @@ def node_status(conn: psycopg.Connection, node_id: uuid.UUID) -> str | None:
     """The node's status in the registry; None when it has no row."""
     row = conn.execute(Q.node_status, {"id": node_id}).fetchone()
     return None if row is None else row[0]
+
+
+def record_restarts(conn: psycopg.Connection, node_id: uuid.UUID,
+                    restarts: dict[str, int]) -> None:
+    conn.execute(Q.record_restarts, {"id": node_id, "restarts": Jsonb(restarts)})
 
 
 def deregister_node(conn: psycopg.Connection, node_id: uuid.UUID) -> None:

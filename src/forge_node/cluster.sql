@@ -11,6 +11,9 @@ SET last_heartbeat = now(), status = %(status)s, heartbeat_latency_ms = %(latenc
 WHERE id = %(id)s AND status <> 'dead'
 RETURNING id;
 
+-- name: record_restarts
+UPDATE forge_nodes SET restarts = %(restarts)s WHERE id = %(id)s;
+
 -- name: get_heartbeat_latency
 SELECT heartbeat_latency_ms FROM forge_nodes WHERE id = %(id)s;
 
@@ -40,7 +43,7 @@ SELECT id::text, hostname, pid, roles, capabilities,
        CASE WHEN status <> 'dead'
                  AND last_heartbeat < now() - make_interval(secs => %(threshold)s)
             THEN 'dead' ELSE status END AS status,
-       version, started_at,
+       version, started_at, restarts,
        round(extract(epoch FROM now() - last_heartbeat)::numeric, 1)::float8
            AS heartbeat_age_secs
 FROM forge_nodes

@@ -39,6 +39,7 @@ from .services.heartbeat import Heartbeat
 from .services.livechanges import LiveChangesPruner
 from .services.reaper import DeadNodeReaper
 from .services.reclaim import ReclaimJobsOfDeadNodes
+from .services.restarts import RestartCounts
 from .wakeup import Waker
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class RoleSlot:
     role: str
     child: Child | None = None
     failures: int = 0
+    restarts: int = 0
     respawn_at: float | None = 0.0
     stop_sent: bool = False
 
@@ -96,6 +98,7 @@ class Supervisor:
             DeadNodeReaper(timing.dead_threshold_secs, timing.heartbeat_interval_secs),
             ReclaimJobsOfDeadNodes(timing.heartbeat_interval_secs),
             RetentionCleaner(config.worker.retention_secs),
+            RestartCounts(self.node.id, self.restart_counts, timing.heartbeat_interval_secs),
         ] + ([LiveChangesPruner()] if live.live_tables(app) else []))
 
     def run(self) -> int:
@@ -225,7 +228,8 @@ class Supervisor:
         return [slot for slot in self.slots.values() if slot.child is not None]
 
     def wait_for_events(self) -> None:
-        timeout = min(MAX_SLEEP_SECS, self.services.seconds_until_due())
+        timeout = min(MAX_SLEEP_SECS, self.services.seconds_until_due(),
+                      self.seconds_until_respawn())
         fds = [slot.child.report_fd for slot in self.live_children() if slot.child.pipe_open]
         for fd in self.waker.wait(timeout, fds):
             self.read_reports(fd)
@@ -244,6 +248,12 @@ class Supervisor:
             slot.child.ready = True
             log.info("%s ready (pid %d)", slot.role, slot.child.pid,
                      extra={"event": "role.ready", "child_role": slot.role})
+
+    def seconds_until_respawn(self) -> float:
+        """Wake for the next restart when it is due, so a backoff is as long as it says."""
+        due = [slot.respawn_at for slot in self.slots.values()
+               if slot.child is None and slot.respawn_at is not None]
+        return max(0.0, min(due) - time.monotonic()) if due else MAX_SLEEP_SECS
 
     def spawn_due_roles(self) -> None:
         now = time.monotonic()
@@ -301,12 +311,14 @@ class Supervisor:
             self.begin_drain(f"{slot.role} configuration error")
             return
         slot.failures = 1 if lived >= STABLE_AFTER_SECS else slot.failures + 1
+        slot.restarts += 1
         delay = self.backoff.delay(slot.failures)
         slot.respawn_at = time.monotonic() + delay
         log.error("%s (pid %d) died after %.1f s: %s; restarting in %.1f s", slot.role,
                   child.pid, lived, how, delay,
                   extra={"event": "role.died", "child_role": slot.role, "exit": how,
                          "restart_in_secs": round(delay, 2), "failures": slot.failures})
+        self.services.run_now("restarts")
 
     def _drain_final_reports(self, child: Child) -> None:
         try:
@@ -351,6 +363,10 @@ class Supervisor:
         return self.config.gateway.max_connections + OPEN_FILES_MARGIN
 
     # -- the node's status -----------------------------------------------------------------
+
+    def restart_counts(self) -> dict[str, int]:
+        """How many times each role was restarted after it died, for `forge-node status`."""
+        return {slot.role: slot.restarts for slot in self.slots.values() if slot.restarts}
 
     def node_status(self) -> str:
         if self.state != RUNNING:

@@ -127,10 +127,11 @@ def test_status_json_has_the_documented_shape(make_app, start_node, database_url
     assert set(view) == {"nodes", "leaders", "queues"}
     [row] = view["nodes"]
     assert set(row) == {"id", "hostname", "pid", "roles", "capabilities", "status", "version",
-                        "started_at", "heartbeat_age_secs"}
+                        "started_at", "restarts", "heartbeat_age_secs"}
     assert (row["pid"], row["status"], row["roles"]) == \
         (node.pid, "active", ["gateway", "function", "worker", "scheduler"])
     assert row["heartbeat_age_secs"] < 5
+    assert row["restarts"] == {}
     table = forge_cli("status", "--config", str(app.config_path), env=node_env(database_url))
     assert str(node.pid) in table.stdout and "active" in table.stdout
     node.send(signal.SIGTERM)

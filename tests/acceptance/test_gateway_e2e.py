@@ -6,19 +6,17 @@ import http.client
 import json
 import signal
 import threading
-import time
 import urllib.error
 import urllib.request
 
 from tests.plugins.nodes import forge_cli, node_env, wait_until
 
 MODULE = '''
-import time
 import forge_node as forge
 
 @forge.query(public=True)
 def slow(ctx, args):
-    time.sleep(args.get("secs", 2))
+    ctx.db.execute("SELECT pg_sleep(%s)", [args.get("secs", 2)])  # in flight: pg_stat_activity
     return "done"
 
 @forge.query(public=True)
@@ -51,8 +49,14 @@ def gateway_app(make_app, **sections):
     return make_app(module=MODULE, **sections)
 
 
+def ask_ready(connection: http.client.HTTPConnection) -> tuple[int, dict]:
+    connection.request("GET", "/_api/ready")
+    answer = connection.getresponse()
+    return answer.status, json.loads(answer.read())
+
+
 def test_a_request_in_flight_finishes_during_the_drain_while_ready_turns_503(
-        make_app, start_node, database_url):
+        make_app, start_node, database_url, db):
     app = gateway_app(make_app, gateway={"workers": 1, "threads": 4})
     node = start_node(app, database_url).wait_ready()
     keepalive = http.client.HTTPConnection("127.0.0.1", app.port, timeout=5)
@@ -64,13 +68,13 @@ def test_a_request_in_flight_finishes_during_the_drain_while_ready_turns_503(
     slow = threading.Thread(target=lambda: slow_result.update(
         answer=post(app.port, "/_api/rpc/slow", {"args": {"secs": 2}})))
     slow.start()
-    time.sleep(0.5)  # the slow request is in flight
+    wait_until(lambda: db.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+                                  "'SELECT pg_sleep%%' AND state = 'active'").fetchone()[0],
+               message="the slow request in flight")
     node.send(signal.SIGTERM)
-    time.sleep(0.3)
-    keepalive.request("GET", "/_api/ready")
-    during = keepalive.getresponse()
-    assert during.status == 503
-    assert json.loads(during.read()) == {"ready": False, "database": True}
+    during = wait_until(lambda: (answer := ask_ready(keepalive))[0] == 503 and answer,
+                        message="ready turned 503 on the kept-alive connection")
+    assert during == (503, {"ready": False, "database": True})
     slow.join(10)
     assert slow_result["answer"] == (200, {"success": True, "data": "done",
                                            "request_id": slow_result["answer"][1]["request_id"]})

@@ -56,11 +56,19 @@ def test_a_job_runs_and_stores_its_result_and_progress(enqueue, start_node, data
     assert node.proc.poll() is None
 
 
+def worker_has_polled_and_listens(db) -> bool:
+    """The worker's claim (its first poll, the next one 10 s away) and its LISTEN have both
+    run, as its sessions' last statements show."""
+    queries = [q for (q,) in db.execute("SELECT query FROM pg_stat_activity "
+                                        "WHERE application_name LIKE 'forge-node worker%'")]
+    return any("claimed AS" in q for q in queries) and any(q.startswith("LISTEN") for q in queries)
+
+
 def test_notify_wakes_the_worker_long_before_the_poll_interval(jobs_app, start_node,
                                                                 database_url, db, enqueue):
     app = jobs_app(worker={"poll_interval_ms": 10_000})
     start_node(app, database_url).wait_ready()
-    time.sleep(0.5)  # past the worker's first poll
+    wait_until(lambda: worker_has_polled_and_listens(db), message="first poll and LISTEN done")
     started = time.monotonic()
     job_id = enqueue("once", {"key": "wake"})
     wait_for_jobs(db, [job_id], timeout=5)
@@ -91,7 +99,7 @@ def test_capabilities_route_jobs_and_pools_do_not_starve_each_other(
                           database_url).wait_ready()
     plain_node = start_node(jobs_app(), database_url).wait_ready()
     gpu_ids = enqueue.many("gpu_work", [{"key": f"gpu{i}", "secs": 1} for i in range(12)])
-    time.sleep(0.3)  # the surge is running
+    wait_until(lambda: len(executions(db, "gpu")) == 2, message="the gpu pool's 2 slots busy")
     started = time.monotonic()
     general_ids = enqueue.many("general_work", [{"key": f"gen{i}"} for i in range(10)])
     wait_for_jobs(db, general_ids, timeout=10)
@@ -118,9 +126,13 @@ def test_failures_retry_with_backoff_then_die_with_the_traceback(enqueue, start_
 
 def test_a_permanent_error_is_dead_at_once(enqueue, start_node, database_url, db):
     start_node(enqueue.app, database_url).wait_ready()
-    job_id = enqueue("permanent", {"key": "perm"})
+    job_id = enqueue("permanent", {"key": "perm"})  # max_attempts=3, retried after 0.1 s
     wait_for_jobs(db, [job_id], status="dead")
     assert len(executions(db, "perm")) == 1
+    attempts, error = db.execute("SELECT attempts, last_error FROM forge_jobs WHERE id = %s",
+                                 [job_id]).fetchone()
+    assert attempts == 1
+    assert error.startswith("PermanentError: this will never work")
 
 
 def test_a_job_over_its_timeout_fails_and_the_worker_carries_on(enqueue, start_node,
@@ -208,7 +220,9 @@ def test_sigterm_drains_without_losing_or_stranding_a_job(jobs_app, start_node, 
     short = [enqueue("sleeper", {"key": f"short{i}", "secs": 1}) for i in range(2)]
     wait_until(lambda: len(executions(db, "short")) == 2, message="two running")
     queued = enqueue.many("sleeper", [{"key": f"queued{i}", "secs": 1} for i in range(6)])
-    time.sleep(0.3)  # claimed into the pool's buffer, not started
+    wait_until(lambda: db.execute("SELECT count(*) FROM forge_jobs WHERE id = ANY(%s) AND "
+                                  "status = 'running'", [queued]).fetchone()[0] == 2,
+               message="two claimed into the pool's buffer, not started")
     node.send(signal.SIGTERM)
     assert node.wait(15) == 0
     assert [job_status(db, j) for j in short] == ["completed", "completed"]

@@ -9,7 +9,7 @@ import pytest
 import forge_node as forge
 from forge_node import app as app_module
 from forge_node.migrations import Migrator, all_migrations
-from tests.plugins.jobs import EXECUTIONS, JOBS_MODULE, executions, job_status, wait_for_jobs
+from tests.plugins.jobs import EXECUTIONS, JOBS_MODULE, executions, wait_for_jobs
 from tests.plugins.nodes import wait_until
 
 
@@ -56,27 +56,35 @@ def test_jobs_of_a_sigkilled_node_complete_elsewhere(worker_app, registry, start
         {survivor_worker}
 
 
+def job_row(db, job_id):
+    return db.execute("SELECT status, attempts, node_id::text, result FROM forge_jobs "
+                      "WHERE id = %s", [job_id]).fetchone()
+
+
 def test_a_frozen_node_cannot_complete_a_job_taken_over(worker_app, registry, start_node,
                                                         database_url, db):
     frozen = start_node(worker_app(), database_url).wait_ready()
-    job_id = forge.enqueue(db, "sleeper", {"key": "fence", "secs": 2})
+    # Attempt 1 ends while its node is frozen and reports when the node wakes, while
+    # attempt 2 still runs elsewhere: only the fence on node and attempt refuses it (a
+    # fence on the status alone would let it through).
+    job_id = forge.enqueue(db, "slower_each_attempt", {"key": "fence", "secs": [1, 8]})
     wait_until(lambda: executions(db, "fence"), message="started on the frozen node")
     frozen_tree = [psutil.Process(frozen.pid), frozen.children()["worker"]]
     for process in frozen_tree:
         process.suspend()
     try:
         other = start_node(worker_app(), database_url).wait_ready()
-        wait_for_jobs(db, [job_id], timeout=30)
-        assert db.execute("SELECT attempts, result FROM forge_jobs WHERE id = %s",
-                          [job_id]).fetchone() == (2, {"slept": 2})
+        wait_until(lambda: len(executions(db, "fence")) == 2, timeout=30,
+                   message="attempt 2 running on the other node")
     finally:
         for process in frozen_tree:
             process.resume()
-    fenced = frozen.wait_for_event("job.fenced", timeout=15)
+    fenced = frozen.wait_for_event("job.fenced", timeout=5)
     assert fenced["job_id"] == job_id
-    assert job_status(db, job_id) == "completed"
-    assert db.execute("SELECT node_id::text FROM forge_jobs WHERE id = %s",
-                      [job_id]).fetchone()[0] == node_of_pid(db, other.pid)
+    other_node = node_of_pid(db, other.pid)
+    assert job_row(db, job_id) == ("running", 2, other_node, None)
+    wait_for_jobs(db, [job_id], timeout=15)
+    assert job_row(db, job_id) == ("completed", 2, other_node, {"attempt": 2})
 
 
 def test_workers_keep_working_across_a_postgres_restart(make_app, start_node, own_postgres):

@@ -137,6 +137,47 @@ def test_completion_is_fenced_on_node_and_attempt(queue_db):
                             [job_id]).fetchone() == ("completed", {"from": "new"})
 
 
+def assert_fenced_out(queue_db, job_id, queue, stale):
+    """Every state change `queue` tries with its `stale` claim is refused, and the job stays
+    as its current owner has it."""
+    before = row(queue_db, job_id)
+    assert before[0] == "running"
+    assert queue.complete([(job_id, stale.attempt, {"stale": True})]) == {}
+    assert queue.retry(stale, 1, "stale failure") is None
+    assert queue.bury(stale, "stale failure") is None
+    assert queue.release([stale]) == []
+    jobs.set_progress(queue_db, stale, queue.node_id, 99, "stale progress")
+    assert row(queue_db, job_id) == before
+    assert queue_db.execute("SELECT progress FROM forge_jobs WHERE id = %s",
+                            [job_id]).fetchone()[0] is None
+
+
+def test_the_same_attempt_on_another_node_is_fenced_by_the_node(queue_db):
+    # A drain gives a claimed job back with its attempt uncounted, so the node that takes it
+    # next runs the same attempt number: only the node condition tells the two apart.
+    first, second = node(queue_db), node(queue_db)
+    job_id = forge.enqueue(queue_db, "plain", {})
+    first_queue = jobs.WorkerQueue(queue_db, first)
+    [stale] = first_queue.claim("general", 1, True)
+    assert first_queue.release([stale]) == [job_id]
+    [current] = jobs.WorkerQueue(queue_db, second).claim("general", 1, True)
+    assert current.attempt == stale.attempt == 1
+    assert_fenced_out(queue_db, job_id, first_queue, stale)
+
+
+def test_an_earlier_attempt_on_the_same_node_is_fenced_by_the_attempt(queue_db):
+    # A timed-out attempt is retried on the same node while its abandoned thread runs on:
+    # when that thread finally reports, only the attempt number tells the two apart.
+    me = node(queue_db)
+    queue = jobs.WorkerQueue(queue_db, me)
+    job_id = forge.enqueue(queue_db, "plain", {})
+    [stale] = queue.claim("general", 1, True)
+    assert queue.retry(stale, 0, "timed out after 1 s") == "pending"
+    [current] = queue.claim("general", 1, True)
+    assert (current.attempt, stale.attempt) == (2, 1)
+    assert_fenced_out(queue_db, job_id, queue, stale)
+
+
 def test_reclaim_counts_the_lost_attempt_and_buries_the_last_one(queue_db):
     me = node(queue_db)
     queue_db.execute("UPDATE forge_jobs SET max_attempts = 1")

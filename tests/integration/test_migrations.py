@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import psycopg
 import pytest
@@ -15,6 +14,7 @@ from forge_node.migrations import (
     all_migrations,
     internal_migrations,
 )
+from tests.plugins.nodes import wait_until
 
 
 @pytest.fixture
@@ -135,7 +135,9 @@ def test_a_run_waits_for_the_migration_lock(database_url, db, app_root):
     thread = threading.Thread(target=lambda: (migrator(database_url, app_root).up(),
                                               finished.set()))
     thread.start()
-    time.sleep(0.5)
+    wait_until(lambda: db.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                  "AND NOT granted").fetchone()[0] == 1,
+               message="the run waiting for the lock")
     assert not finished.is_set()
     assert db.execute("SELECT to_regclass('a')").fetchone()[0] is None
     holder.close()  # a holder's session ending frees the lock, as a crashed node's does

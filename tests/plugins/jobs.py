@@ -52,7 +52,7 @@ def flaky(ctx, args):
     raise ValueError("flaky says no")
 
 
-@forge.job(max_attempts=1)
+@forge.job(max_attempts=3, backoff=forge.Backoff(base=0.1, factor=1, jitter=0))
 def permanent(ctx, args):
     record(ctx, args)
     raise forge.PermanentError("this will never work")
@@ -69,6 +69,13 @@ def sleeper(ctx, args):
     record(ctx, args)
     time.sleep(args.get("secs", 1))
     return {"slept": args.get("secs", 1)}
+
+
+@forge.job
+def slower_each_attempt(ctx, args):
+    record(ctx, args)
+    time.sleep(args["secs"][ctx.attempt - 1])
+    return {"attempt": ctx.attempt}
 
 
 @forge.job

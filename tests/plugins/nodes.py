@@ -6,6 +6,7 @@ process it forked, whatever state the test left it in.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -85,6 +86,20 @@ class NodeProcess:
         raise AssertionError(f"no {event} event (x{count}) within {timeout}s; node output:\n"
                              f"{self.output()[-6000:]}")
 
+    def restart_delays(self, role: str) -> list[float]:
+        """Seconds from each death of `role` to the start of its next process, as the
+        supervisor logged them (role.died, role.started)."""
+        delays, died_at = [], None
+        for event in self.events():
+            if event.get("child_role") != role:
+                continue
+            if event.get("event") == "role.died":
+                died_at = timestamp(event)
+            elif event.get("event") == "role.started" and died_at is not None:
+                delays.append(timestamp(event) - died_at)
+                died_at = None
+        return delays
+
     def wait_ready(self, timeout: float = 30) -> NodeProcess:
         self.wait_for_event("node.ready", timeout)
         return self
@@ -115,6 +130,11 @@ class NodeProcess:
                 pass
         if self.proc.poll() is None:
             self.proc.wait(10)
+
+
+def timestamp(event: dict) -> float:
+    """A log line's time, in seconds since the epoch."""
+    return datetime.datetime.fromisoformat(event["ts"]).timestamp()
 
 
 def title(process: psutil.Process) -> str:

@@ -43,7 +43,10 @@ def test_a_job_still_running_at_its_deadline_is_abandoned_and_its_thread_replace
     release = threading.Event()
     reported: list[Outcome] = []
 
+    threads: list[threading.Thread] = []
+
     def execute(running: RunningJob) -> Outcome:
+        threads.append(threading.current_thread())
         release.wait(5)
         return Outcome(running, ok=True)
 
@@ -58,7 +61,8 @@ def test_a_job_still_running_at_its_deadline_is_abandoned_and_its_thread_replace
         assert pool.abandon(running) is True
         assert running.abandoned and pool._threads == 2
         release.set()
-        time.sleep(0.05)
+        threads[0].join(5)  # the abandoned thread has finished and would have reported
+        assert not threads[0].is_alive()
         assert reported == []  # the late result is ignored
     finally:
         release.set()

@@ -37,10 +37,11 @@ def status(
 
 def render_table(view: dict) -> str:
     lines = [table(
-        ["NODE", "HOST", "PID", "ROLES", "CAPABILITIES", "STATUS", "VERSION", "STARTED",
-         "HEARTBEAT"],
+        ["NODE", "HOST", "PID", "ROLES", "CAPABILITIES", "STATUS", "RESTARTS", "VERSION",
+         "STARTED", "HEARTBEAT"],
         [[n["id"][:8], n["hostname"], n["pid"], ",".join(n["roles"]),
-          ",".join(n["capabilities"]), n["status"], n["version"], _time(n["started_at"]),
+          ",".join(n["capabilities"]), n["status"], _restarts(n["restarts"]), n["version"],
+          _time(n["started_at"]),
           f"{n['heartbeat_age_secs']:.1f}s ago"] for n in view["nodes"]],
         empty="no nodes registered")]
     lines.append(table(["LEADER ROLE", "NODE", "SINCE"],
@@ -51,6 +52,10 @@ def render_table(view: dict) -> str:
                          _age(q.get("oldest_pending_age_secs"))] for q in view["queues"]],
                        empty="no jobs"))
     return "\n\n".join(lines)
+
+
+def _restarts(counts: dict[str, int]) -> str:
+    return ",".join(f"{role}:{count}" for role, count in sorted(counts.items())) or "-"
 
 
 def _time(value: datetime) -> str:

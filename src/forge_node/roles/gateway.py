@@ -39,6 +39,11 @@ from ..process import RoleProcess, end_with_parent
 
 log = logging.getLogger(__name__)
 
+# A drain's first step lasts at least this long, even with nothing in flight: a balancer
+# that probes readiness more often sees the 503 and stops routing before the port closes
+# (ending at the first idle tick, it could close under a request just routed to it).
+MIN_ANNOUNCE_SECS = 1.0
+
 
 class GatewayProcess(RoleProcess):
     role = "gateway"
@@ -115,9 +120,9 @@ class DrainingServer(uvicorn.Server):
 
     SIGTERM turns readiness to 503 at once, and the worker goes on serving, so the probes and
     load balancers see that 503 on the connections they hold, until no request is in flight
-    (at most `announce_secs`). Then uvicorn's own shutdown stops accepting, closes the idle
-    connections and lets the requests still running finish. SIGQUIT, or a second signal,
-    goes straight to the second step.
+    and MIN_ANNOUNCE_SECS have passed (at most `announce_secs`). Then uvicorn's own shutdown
+    stops accepting, closes the idle connections and lets the requests still running finish.
+    SIGQUIT, or a second signal, goes straight to the second step.
     """
 
     def __init__(self, config: uvicorn.Config, drain: DrainFlag, announce_secs: float) -> None:
@@ -134,13 +139,15 @@ class DrainingServer(uvicorn.Server):
             super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:
-        """Every 0.1 s: end the first step of a drain once nothing is in flight."""
+        """Every 0.1 s: end the first step of a drain once nothing is in flight and the
+        readiness probes had MIN_ANNOUNCE_SECS to see the 503."""
         started = self.drain_started_at
         if started is not None:
             self.drain.announce()  # here, on the loop: live streams end with `shutdown`
-        if started is not None and (not self.server_state.tasks
-                                    or time.monotonic() - started >= self.announce_secs):
-            self.should_exit = True
+            draining_for = time.monotonic() - started
+            idle = not self.server_state.tasks and draining_for >= MIN_ANNOUNCE_SECS
+            if idle or draining_for >= self.announce_secs:
+                self.should_exit = True
         return await super().on_tick(counter)
 
     async def shutdown(self, sockets: list | None = None) -> None:
