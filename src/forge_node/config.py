@@ -26,6 +26,7 @@ ROLES = ("gateway", "function", "worker", "scheduler")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 JWT_ALGORITHMS = ("HS256", "RS256")
 REQUIRED = dataclasses.MISSING
+MAX_JSON_DEPTH = 512
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 CAPABILITY_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -113,6 +114,8 @@ class GatewayConfig:
     max_body_bytes: int = 1024 * 1024
     keepalive_secs: int = 75
     header_timeout_secs: float = 10
+    body_timeout_secs: float = 30
+    max_json_depth: int = 64
     max_connections: int = 10_000
     subscriptions: SubscriptionsConfig = field(default_factory=SubscriptionsConfig)
 
@@ -125,6 +128,11 @@ class GatewayConfig:
         found += _at_least(self.max_body_bytes, 1, "gateway.max_body_bytes")
         found += _at_least(self.keepalive_secs, 1, "gateway.keepalive_secs")
         found += _positive(self.header_timeout_secs, "gateway.header_timeout_secs")
+        found += _positive(self.body_timeout_secs, "gateway.body_timeout_secs")
+        # past about 900 levels Python's JSON parser and encoder run out of stack
+        if not 1 <= self.max_json_depth <= MAX_JSON_DEPTH:
+            found.append(f"gateway.max_json_depth must be between 1 and {MAX_JSON_DEPTH}, "
+                         f"got {self.max_json_depth}")
         found += _at_least(self.max_connections, 1, "gateway.max_connections")
         for origin in self.cors_origins:
             if origin != "*" and not _ORIGIN.match(origin):
