@@ -108,8 +108,9 @@ def test_a_lone_surrogate_is_refused_and_the_access_log_agrees(node):
     assert (paired.status, paired.json()["data"]) == (200, {"s": "\U0001f600"})
 
 
-def test_a_result_nested_deeper_than_the_encoder_goes_is_a_logged_500(node):
-    answer = call(node, b'{"args": {"levels": 5000}}', name="nested")
+@pytest.mark.parametrize("levels", [900, 5000])
+def test_a_result_nested_deeper_than_the_encoder_goes_is_a_logged_500(node, levels):
+    answer = call(node, b'{"args": {"levels": %d}}' % levels, name="nested")
     assert error_code(answer) == (500, "INTERNAL_ERROR")
     request_id = answer.headers["x-request-id"]
     assert access_log_status(node, request_id) == 500
