@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -477,8 +478,9 @@ def _convert(key: str, value: Any, kind: Any, environ: typing.Mapping[str, str],
         ok = isinstance(value, int) and not isinstance(value, bool)
         return value if ok else _wrong(key, "an integer", value, problems)
     if kind is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        return float(value) if ok else _wrong(key, "a number", value, problems)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) \
+            and math.isfinite(value)  # TOML has inf and nan: no limit or timeout can be one
+        return float(value) if ok else _wrong(key, "a finite number", value, problems)
     if kind is str:
         return value if isinstance(value, str) else _wrong(key, "a string", value, problems)
     return _convert_list(key, value, environ, problems)
@@ -503,7 +505,9 @@ def _parse_text(key: str, text: str, kind: Any, problems: list[str]) -> Any:
         if kind is int:
             return int(text)
         if kind is float:
-            return float(text)
+            number = float(text)
+            return number if math.isfinite(number) else _wrong(key, "a finite number", text,
+                                                               problems)
         if kind is bool:
             if text.lower() in ("true", "1", "yes", "on"):
                 return True
@@ -511,7 +515,7 @@ def _parse_text(key: str, text: str, kind: Any, problems: list[str]) -> Any:
                 return False
             raise ValueError(text)
     except ValueError:
-        expected = {int: "an integer", float: "a number", bool: "true or false"}[kind]
+        expected = {int: "an integer", float: "a finite number", bool: "true or false"}[kind]
         return _wrong(key, expected, text, problems)
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
