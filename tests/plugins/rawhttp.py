@@ -22,29 +22,36 @@ class Answer:
         return json.loads(self.body)
 
 
-def exchange(port: int, request: bytes, timeout: float = 10) -> Answer:
-    """Send `request` on a new connection and read one answer; TimeoutError if none comes."""
+def exchange(port: int, request: bytes, timeout: float = 10, head: bool = False) -> Answer:
+    """Send `request` on a new connection and read one answer (without a body when `head`:
+    the answer to a HEAD request); TimeoutError if none comes."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         started = time.monotonic()
         try:
             sock.sendall(request)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server answered and closed before reading it all: read the answer
-        return read_answer(sock, started, timeout)
+        return read_answer(sock, started, timeout, head)
 
 
-def read_answer(sock: socket.socket, started: float, timeout: float) -> Answer:
-    """One answer from `sock`, which must be complete within `timeout` of `started`."""
+def read_answer(sock: socket.socket, started: float, timeout: float,
+                head: bool = False) -> Answer:
+    """One answer from `sock`, which must be complete within `timeout` of `started`; interim
+    answers (100 Continue) are skipped."""
     data = b""
-    while b"\r\n\r\n" not in data:
-        data += _recv(sock, started, timeout)
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
+    while True:
+        while b"\r\n\r\n" not in data:
+            data += _recv(sock, started, timeout)
+        top, _, body = data.partition(b"\r\n\r\n")
+        if not top.startswith(b"HTTP/1.1 1"):
+            break
+        data = body
+    status_line, *lines = top.decode("latin-1").split("\r\n")
     headers = {}
     for line in lines:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
+    length = 0 if head else int(headers.get("content-length", "0"))
     while len(body) < length:
         body += _recv(sock, started, timeout)
     return Answer(int(status_line.split()[1]), headers, body[:length],
