@@ -24,12 +24,14 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, OctKey
 
 from .config import AuthConfig
+from .encoding import loads
 
 log = logging.getLogger(__name__)
 
 LEEWAY_SECS = 30
 JWKS_REFRESH_MIN_SECS = 10.0
 JWKS_FETCH_TIMEOUT_SECS = 5.0
+HEADER_MAX_DEPTH = 8  # a JOSE header is flat; deep nesting only exhausts the parser
 
 
 class InvalidToken(Exception):
@@ -108,11 +110,15 @@ class JwksCache:
 
 
 def _unverified_header(token: str) -> dict[str, Any]:
+    """The token's header, shaped as RFC 7515 says: an object whose `kid` is a string."""
     try:
         encoded = token.split(".")[0]
-        header = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+        header = loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)),
+                       HEADER_MAX_DEPTH)
     except (ValueError, IndexError):
         raise InvalidToken("malformed token") from None
     if not isinstance(header, dict):
         raise InvalidToken("malformed token")
+    if not isinstance(header.get("kid", ""), str):  # it is looked up in a set of strings
+        raise InvalidToken("malformed token: its kid is not a string")
     return header

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -26,6 +27,7 @@ ROLES = ("gateway", "function", "worker", "scheduler")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 JWT_ALGORITHMS = ("HS256", "RS256")
 REQUIRED = dataclasses.MISSING
+MAX_JSON_DEPTH = 512
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 CAPABILITY_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -115,6 +117,8 @@ class GatewayConfig:
     max_body_bytes: int = 1024 * 1024
     keepalive_secs: int = 75
     header_timeout_secs: float = 10
+    body_timeout_secs: float = 30
+    max_json_depth: int = 64
     max_connections: int = 10_000
     subscriptions: SubscriptionsConfig = field(default_factory=SubscriptionsConfig)
 
@@ -127,6 +131,11 @@ class GatewayConfig:
         found += _at_least(self.max_body_bytes, 1, "gateway.max_body_bytes")
         found += _at_least(self.keepalive_secs, 1, "gateway.keepalive_secs")
         found += _positive(self.header_timeout_secs, "gateway.header_timeout_secs")
+        found += _positive(self.body_timeout_secs, "gateway.body_timeout_secs")
+        # past about 900 levels Python's JSON parser and encoder run out of stack
+        if not 1 <= self.max_json_depth <= MAX_JSON_DEPTH:
+            found.append(f"gateway.max_json_depth must be between 1 and {MAX_JSON_DEPTH}, "
+                         f"got {self.max_json_depth}")
         found += _at_least(self.max_connections, 1, "gateway.max_connections")
         for origin in self.cors_origins:
             if origin != "*" and not _ORIGIN.match(origin):
@@ -471,8 +480,9 @@ def _convert(key: str, value: Any, kind: Any, environ: typing.Mapping[str, str],
         ok = isinstance(value, int) and not isinstance(value, bool)
         return value if ok else _wrong(key, "an integer", value, problems)
     if kind is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        return float(value) if ok else _wrong(key, "a number", value, problems)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) \
+            and math.isfinite(value)  # TOML has inf and nan: no limit or timeout can be one
+        return float(value) if ok else _wrong(key, "a finite number", value, problems)
     if kind is str:
         return value if isinstance(value, str) else _wrong(key, "a string", value, problems)
     return _convert_list(key, value, environ, problems)
@@ -497,7 +507,9 @@ def _parse_text(key: str, text: str, kind: Any, problems: list[str]) -> Any:
         if kind is int:
             return int(text)
         if kind is float:
-            return float(text)
+            number = float(text)
+            return number if math.isfinite(number) else _wrong(key, "a finite number", text,
+                                                               problems)
         if kind is bool:
             if text.lower() in ("true", "1", "yes", "on"):
                 return True
@@ -505,7 +517,7 @@ def _parse_text(key: str, text: str, kind: Any, problems: list[str]) -> Any:
                 return False
             raise ValueError(text)
     except ValueError:
-        expected = {int: "an integer", float: "a number", bool: "true or false"}[kind]
+        expected = {int: "an integer", float: "a finite number", bool: "true or false"}[kind]
         return _wrong(key, expected, text, problems)
     return tuple(item.strip() for item in text.split(",") if item.strip())
 

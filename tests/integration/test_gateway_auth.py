@@ -6,15 +6,13 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from joserfc import jwt
 from joserfc.jwk import OctKey, RSAKey
 
-from tests.plugins.gateway import SECRET, bearer, hs256_token
+from tests.plugins.gateway import SECRET, JwksServer, bearer, hs256_token
 
 MODULE = '''
 import forge_node as forge
@@ -87,40 +85,6 @@ def _unsigned(payload):
 
 def _without_exp():
     return jwt.encode({"alg": "HS256"}, claims(sub="x"), OctKey.import_key(SECRET))
-
-
-class JwksServer:
-    """Serves a JWKS document over HTTP, counting fetches; its keys can be rotated."""
-
-    def __init__(self) -> None:
-        self.keys = [RSAKey.generate_key(2048, parameters={"kid": "k1"})]
-        self.fetches = 0
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                owner.fetches += 1
-                body = json.dumps({"keys": [k.as_dict(private=False) for k in owner.keys]})
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.end_headers()
-                self.wfile.write(body.encode())
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/.well-known/jwks.json"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def token(self, key: RSAKey, **extra) -> str:
-        now = int(time.time())
-        return jwt.encode({"alg": "RS256", "kid": key.kid},
-                          {"sub": "rs-user", "exp": now + 300, **extra}, key)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

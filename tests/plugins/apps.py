@@ -61,6 +61,22 @@ def default_sections(port: int) -> dict[str, dict[str, Any]]:
     }
 
 
+def build_app(root: Path, module: str = DEFAULT_MODULE,
+              migrations: dict[str, str] | None = None, **sections: dict[str, Any]) -> AppDir:
+    """An app folder at `root` (created) with a free gateway port; sections merge over the
+    defaults."""
+    root.mkdir()
+    app = AppDir(root, free_port())
+    merged = default_sections(app.port)
+    for name, values in sections.items():
+        merged.setdefault(name, {}).update(values)
+    app.write_config(merged)
+    app.write_module(module)
+    for filename, sql in (migrations or {}).items():
+        app.add_migration(filename, sql)
+    return app
+
+
 @pytest.fixture
 def make_app(tmp_path: Path) -> Callable[..., AppDir]:
     """make_app(node={"roles": ["worker"]}, ...) -> an app folder; sections merge over defaults.
@@ -73,16 +89,6 @@ def make_app(tmp_path: Path) -> Callable[..., AppDir]:
              **sections: dict[str, Any]) -> AppDir:
         nonlocal count
         count += 1
-        root = tmp_path / f"app{count}"
-        root.mkdir()
-        app = AppDir(root, free_port())
-        merged = default_sections(app.port)
-        for name, values in sections.items():
-            merged.setdefault(name, {}).update(values)
-        app.write_config(merged)
-        app.write_module(module)
-        for filename, sql in (migrations or {}).items():
-            app.add_migration(filename, sql)
-        return app
+        return build_app(tmp_path / f"app{count}", module, migrations, **sections)
 
     return make

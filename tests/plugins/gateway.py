@@ -6,15 +6,18 @@ is enough; what needs gunicorn and signals (drain, probes) runs `forge-node run`
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import falcon.testing
 import pytest
 from joserfc import jwt
-from joserfc.jwk import OctKey
+from joserfc.jwk import OctKey, RSAKey
 
 from forge_node import config as config_module
 from forge_node.app import load_app
@@ -43,6 +46,40 @@ def error_of(result: falcon.testing.Result) -> tuple[int, str]:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+class JwksServer:
+    """Serves a JWKS document over HTTP, counting fetches; its keys can be rotated."""
+
+    def __init__(self) -> None:
+        self.keys = [RSAKey.generate_key(2048, parameters={"kid": "k1"})]
+        self.fetches = 0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                owner.fetches += 1
+                body = json.dumps({"keys": [k.as_dict(private=False) for k in owner.keys]})
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/.well-known/jwks.json"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def token(self, key: RSAKey, **extra) -> str:
+        now = int(time.time())
+        return jwt.encode({"alg": "RS256", "kid": key.kid},
+                          {"sub": "rs-user", "exp": now + 300, **extra}, key)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class Gateway:

@@ -6,6 +6,7 @@ process it forked, whatever state the test left it in.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -19,7 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .apps import AppDir
+from .apps import AppDir, build_app
+from .postgres import PostgresServer
 
 FORGE_NODE = [str(Path(sys.executable).with_name("forge-node"))] \
     if Path(sys.executable).with_name("forge-node").exists() \
@@ -135,6 +137,32 @@ class NodeProcess:
 def timestamp(event: dict) -> float:
     """A log line's time, in seconds since the epoch."""
     return datetime.datetime.fromisoformat(event["ts"]).timestamp()
+
+
+@contextlib.contextmanager
+def running_node(app: AppDir, database_url: str, log_path: Path,
+                 **env: str) -> Iterator[NodeProcess]:
+    """A ready `forge-node run`, killed with everything it forked when the block ends: for
+    fixtures that share one node among the tests of a module."""
+    node = NodeProcess(app, node_env(database_url, **env), log_path).start()
+    try:
+        yield node.wait_ready()
+    finally:
+        node.kill_tree()
+
+
+@contextlib.contextmanager
+def shared_node(pg_server: PostgresServer, folder: Path, module: str,
+                **sections: dict) -> Iterator[NodeProcess]:
+    """A ready node of `module` on a database of its own, both gone when the block ends: one
+    node that every test of a module shares (a node takes about a second to start)."""
+    name = pg_server.create_database()
+    try:
+        app = build_app(folder / "app", module, **sections)
+        with running_node(app, pg_server.url_for(name), folder / "node.log") as node:
+            yield node
+    finally:
+        pg_server.drop_database(name)
 
 
 def title(process: psutil.Process) -> str:

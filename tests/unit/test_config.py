@@ -129,7 +129,7 @@ def test_unknown_sections_and_keys_suggest_the_closest_name(tmp_path):
     ('[node]\nroles = "worker"', 'node.roles must be a list of strings, got the string "worker"'),
     ("[node]\nroles = [1]", "node.roles[0] must be a string, got int 1"),
     ("[cluster]\nheartbeat_interval_secs = true",
-     "cluster.heartbeat_interval_secs must be a number, got the boolean true"),
+     "cluster.heartbeat_interval_secs must be a finite number, got the boolean true"),
     ("gateway = 3", "gateway must be a table ([gateway]), got int 3"),
 ])
 def test_wrong_types_name_the_key_and_the_expected_type(tmp_path, text, expected):

@@ -39,7 +39,7 @@ from .resources.events import (
 )
 from .resources.frontend import FrontendSink
 from .resources.health import HealthResource, ReadyResource
-from .resources.rpc import RpcResource
+from .resources.rpc import BodyLimits, RpcResource
 
 
 @dataclass
@@ -102,9 +102,10 @@ def create_app(deps: GatewayDeps) -> falcon.asgi.App:
     errors.install(app)
     app.add_route("/_api/health", HealthResource(), suffix="async")
     app.add_route("/_api/ready", ReadyResource(deps.readiness), suffix="async")
+    limits = BodyLimits.of(gateway)
     app.add_route("/_api/rpc/{name}", RpcResource(deps.registry, deps.runner, deps.verifier,
-                                                  gateway.max_body_bytes))
-    live = (deps.hub, deps.registry, deps.verifier, gateway.max_body_bytes)
+                                                  limits))
+    live = (deps.hub, deps.registry, deps.verifier, limits)
     app.add_route("/_api/events", EventsResource(*live))
     app.add_route("/_api/events/ticket", TicketResource(*live))
     app.add_route("/_api/subscribe", SubscribeResource(*live))

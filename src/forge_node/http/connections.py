@@ -11,6 +11,11 @@
   the app: 503 SERVICE_UNAVAILABLE in the API's JSON envelope, with `Connection: close`, so
   the worker sheds connections instead of slowing every one. Health and readiness still
   reach the app, so probes see the truth. Requests under the limit pay one len().
+
+Bytes that are not HTTP get the API's 400 envelope too (uvicorn answers them in plain text).
+When they break a request's body (a chunk size of `zz`), the request already belongs to the
+app: its body ends there, its scope says why under BODY_ERROR, and the app answers 400 on
+the usual path (access log, metrics); the connection closes after that answer.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 import httptools
@@ -26,11 +32,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..encoding import dumps
 from .correlation import new_request_id
-from .errors import SERVICE_UNAVAILABLE
+from .errors import INVALID_ARGUMENT, SERVICE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
 PROBES = frozenset({b"/_api/health", b"/_api/ready"})
+BODY_ERROR = "forge.body_error"  # in a request's scope: why its body broke off
 SHED_LOG_INTERVAL_SECS = 60.0
 _last_shed_log = float("-inf")
 
@@ -118,6 +125,21 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        """The parser refused the bytes: uvicorn's hook for its plain-text 400."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.transport.write(raw_error_response(400, INVALID_ARGUMENT,
+                                                    "the request is not valid HTTP/1.1"))
+            self.transport.close()
+        elif cycle.more_body:  # the app's request, its body broken: the app answers
+            cycle.scope[BODY_ERROR] = "the body's chunked encoding is malformed"
+            cycle.more_body = False
+            cycle.keep_alive = False
+            cycle.message_event.set()
+        else:  # a pipelined request broke while this one is answered: close after it
+            cycle.keep_alive = False
+
 
 async def shed_load(scope: dict, receive: Any, send: Any) -> None:
     """The answer past max_connections: the API's 503, and the connection closed after it."""
@@ -127,12 +149,25 @@ async def shed_load(scope: dict, receive: Any, send: Any) -> None:
         log.warning("shedding requests: this gateway worker holds more than its "
                     "[gateway] max_connections connections",
                     extra={"event": "gateway.connections_shed"})
-    request_id = new_request_id()
-    body = dumps({"success": False, "error": {
-        "code": SERVICE_UNAVAILABLE,
-        "message": "this gateway worker is at its connection limit; try again"},
-        "request_id": request_id}).encode()
-    await send({"type": "http.response.start", "status": 503, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"), (b"x-request-id", request_id.encode())]})
+    headers, body = error_answer(SERVICE_UNAVAILABLE,
+                                 "this gateway worker is at its connection limit; try again")
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def error_answer(code: str, message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of an error answered outside the app, in the API's envelope; the
+    connection is closed after it."""
+    request_id = new_request_id()
+    body = dumps({"success": False, "error": {"code": code, "message": message},
+                  "request_id": request_id}).encode()
+    return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"), (b"x-request-id", request_id.encode())], body
+
+
+def raw_error_response(status: int, code: str, message: str) -> bytes:
+    """An error answer as bytes on the wire, for when there is no request to answer."""
+    headers, body = error_answer(code, message)
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode(),
+             *(name + b": " + value for name, value in headers)]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body

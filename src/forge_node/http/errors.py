@@ -22,6 +22,7 @@ INVALID_ARGUMENT = "INVALID_ARGUMENT"
 UNAUTHORIZED = "UNAUTHORIZED"
 FORBIDDEN = "FORBIDDEN"
 PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
 METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
 TIMEOUT = "TIMEOUT"
 SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
@@ -31,18 +32,20 @@ SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 
 _CODE_OF_STATUS = {400: INVALID_ARGUMENT, 401: UNAUTHORIZED, 403: FORBIDDEN, 404: NOT_FOUND,
-                   405: METHOD_NOT_ALLOWED, 413: PAYLOAD_TOO_LARGE, 503: SERVICE_UNAVAILABLE,
-                   504: TIMEOUT}
+                   405: METHOD_NOT_ALLOWED, 408: REQUEST_TIMEOUT, 413: PAYLOAD_TOO_LARGE,
+                   503: SERVICE_UNAVAILABLE, 504: TIMEOUT}
 
 
 class ApiError(Exception):
     """Raised anywhere in a request to answer with this status and code."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
 
 
 def write_error(req: falcon.Request, resp: falcon.Response, status: int, code: str,
@@ -58,6 +61,8 @@ def install(app: falcon.asgi.App) -> None:
 
     async def handle_api_error(req, resp, exc: ApiError, params) -> None:
         write_error(req, resp, exc.status, exc.code, exc.message)
+        for name, value in (exc.headers or {}).items():
+            resp.set_header(name, value)
 
     async def handle_http_error(req, resp, exc: falcon.HTTPError, params) -> None:
         status = exc.status_code

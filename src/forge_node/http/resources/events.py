@@ -37,18 +37,18 @@ from ..errors import (
     ApiError,
 )
 from ..livehub import LiveHub, Session
-from .rpc import authenticate, authorize, read_json_object
+from .rpc import BodyLimits, authenticate, authorize, read_json_object
 
 MAX_ID_CHARS = 128
 
 
 class LiveResource:
     def __init__(self, hub: LiveHub | None, registry: AppRegistry,
-                 verifier: TokenVerifier | None, max_body_bytes: int) -> None:
+                 verifier: TokenVerifier | None, limits: BodyLimits) -> None:
         self.hub = hub
         self.registry = registry
         self.verifier = verifier
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits
 
     def live_hub(self) -> LiveHub:
         if self.hub is None:
@@ -58,7 +58,7 @@ class LiveResource:
 
     async def read_request(self, req: falcon.asgi.Request, shape: str) -> tuple[dict, str, str]:
         """A subscribing request's body, with its session_id and (subscription) id."""
-        body = await read_json_object(req, self.max_body_bytes, shape)
+        body = await read_json_object(req, self.limits, shape)
         return body, text_field(body, "session_id"), text_field(body, "id")
 
 

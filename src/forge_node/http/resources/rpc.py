@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 import falcon
@@ -11,28 +12,48 @@ import falcon.asgi
 
 from ...app import AppRegistry, FunctionSpec
 from ...auth import InvalidToken, KeysUnavailable, TokenVerifier
-from ...encoding import dumps, to_jsonable
+from ...config import GatewayConfig
+from ...encoding import JsonRejected, dumps, loads, to_jsonable
 from ...errors import Error
+from ..connections import BODY_ERROR
 from ..errors import (
     FORBIDDEN,
     FUNCTION_ROLE_DISABLED,
+    INTERNAL_ERROR,
     INVALID_ARGUMENT,
     NOT_FOUND,
     PAYLOAD_TOO_LARGE,
+    REQUEST_TIMEOUT,
     SERVICE_UNAVAILABLE,
     UNAUTHORIZED,
     ApiError,
 )
 from ..functions import FunctionRunner, error_for_app_error
 
+log = logging.getLogger("forge_node.http")
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """What a request body may be: its size, its JSON's depth, how long it may take to
+    arrive (from the moment the resource reads it)."""
+
+    max_bytes: int
+    max_depth: int
+    timeout_secs: float
+
+    @classmethod
+    def of(cls, gateway: GatewayConfig) -> BodyLimits:
+        return cls(gateway.max_body_bytes, gateway.max_json_depth, gateway.body_timeout_secs)
+
 
 class RpcResource:
     def __init__(self, registry: AppRegistry, runner: FunctionRunner | None,
-                 verifier: TokenVerifier | None, max_body_bytes: int) -> None:
+                 verifier: TokenVerifier | None, limits: BodyLimits) -> None:
         self.registry = registry
         self.runner = runner
         self.verifier = verifier
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                       name: str) -> None:
@@ -44,15 +65,28 @@ class RpcResource:
         if spec is None:
             raise ApiError(404, NOT_FOUND, f"no function named {name!r}")
         authorize(spec, claims)
-        args = await read_args(req, self.max_body_bytes)
+        args = await read_args(req, self.limits)
         request_id = req.context.request_id
         try:
             result = await self.runner.run(spec, args, claims, request_id)
         except Error as exc:
             raise error_for_app_error(exc) from None
         resp.content_type = falcon.MEDIA_JSON
-        resp.text = dumps({"success": True, "data": to_jsonable(result),
-                           "request_id": request_id})
+        resp.data = encode_answer(spec, result, request_id)
+
+
+def encode_answer(spec: FunctionSpec, result: Any, request_id: str) -> bytes:
+    """The success envelope as bytes, encoded here so that a result JSON cannot hold (NaN, a
+    lone surrogate, nesting past the encoder's stack) is a logged 500 envelope rather than
+    a broken body after the access log has recorded a 200."""
+    try:
+        return dumps({"success": True, "data": to_jsonable(result),
+                      "request_id": request_id}).encode()
+    except (ValueError, TypeError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+        log.error("the result of %s cannot be encoded as JSON: %s", spec.name, exc,
+                  extra={"event": "http.unencodable_result", "request_id": request_id})
+        raise ApiError(500, INTERNAL_ERROR, f"the result of {spec.name} cannot be encoded as "
+                                            "JSON; the server log has the details") from None
 
 async def authenticate(req: falcon.asgi.Request,
                        verifier: TokenVerifier | None) -> dict[str, Any] | None:
@@ -90,30 +124,49 @@ def authorize(spec: FunctionSpec, claims: dict[str, Any] | None) -> None:
                            f"{spec.name} needs one of the roles {', '.join(spec.roles)}")
 
 
-async def read_json_object(req: falcon.asgi.Request, max_bytes: int,
+async def read_json_object(req: falcon.asgi.Request, limits: BodyLimits,
                            shape: str) -> dict[str, Any]:
     """The body as a JSON object ({} when empty); 400 naming `shape` otherwise, 413 past
-    `max_bytes`."""
-    length = req.content_length
-    if length is not None:  # the common case, inline: this runs on every call
-        if length > max_bytes:
-            raise _too_large(max_bytes)
-        raw = await req.stream.read()  # bounded by the length: one read, no loop
-    else:
-        raw = await read_chunked(req, max_bytes)
+    `limits.max_bytes`, 408 when it has not all arrived within `limits.timeout_secs`."""
+    try:
+        async with asyncio.timeout(limits.timeout_secs):
+            raw = await read_body(req, limits.max_bytes)
+    except TimeoutError:
+        # the connection is closed after the answer: what else the client sends is unread
+        raise ApiError(408, REQUEST_TIMEOUT, f"the body did not arrive within "
+                                             f"{limits.timeout_secs:g} s",
+                       headers={"connection": "close"}) from None
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
-    except ValueError:
-        raise ApiError(400, INVALID_ARGUMENT, "the body is not valid JSON") from None
+        body = loads(raw, limits.max_depth)
+    except JsonRejected as exc:
+        raise ApiError(400, INVALID_ARGUMENT, f"the body is {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, INVALID_ARGUMENT, f"the body must be a JSON object: {shape}")
     return body
 
 
-async def read_args(req: falcon.asgi.Request, max_bytes: int) -> dict[str, Any]:
-    body = await read_json_object(req, max_bytes, '{"args": {...}}')
+async def read_body(req: falcon.asgi.Request, max_bytes: int) -> bytes:
+    """The whole body; 400 when it breaks off (the client went, or its chunked encoding
+    is malformed: see connections.py), 413 past `max_bytes`."""
+    length = req.content_length
+    if length is not None:  # the common case, inline: this runs on every call
+        if length > max_bytes:
+            raise _too_large(max_bytes)
+        raw = await req.stream.read()  # bounded by the length: one read, no loop
+        if len(raw) == length:
+            return raw
+        raise ApiError(400, INVALID_ARGUMENT, f"the body ended after {len(raw)} of its "
+                                              f"{length} bytes")
+    raw = await read_chunked(req, max_bytes)
+    if BODY_ERROR in req.scope:
+        raise ApiError(400, INVALID_ARGUMENT, req.scope[BODY_ERROR])
+    return raw
+
+
+async def read_args(req: falcon.asgi.Request, limits: BodyLimits) -> dict[str, Any]:
+    body = await read_json_object(req, limits, '{"args": {...}}')
     args = body.get("args")
     if args is None:
         return {}
