@@ -124,6 +124,45 @@ class Dedicated:
             conn.close()
 
 
+class AsyncDedicated:
+    """Dedicated for an event loop: the same connection rules, awaited."""
+
+    def __init__(self, url: str, purpose: str, *,
+                 on_open: Callable[[psycopg.AsyncConnection], Awaitable[None]] | None = None
+                 ) -> None:
+        self.url = url
+        self.kwargs = connection_kwargs(purpose)
+        self.on_open = on_open
+        self.new_session = False
+        self._conn: psycopg.AsyncConnection | None = None
+
+    async def get(self) -> psycopg.AsyncConnection:
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken and not _has_input(conn):
+            self.new_session = False
+            return conn
+        await self.close()
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True,
+                                                         **self.kwargs)
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {first_line(exc)}") \
+                from exc
+        try:
+            if self.on_open is not None:
+                await self.on_open(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn, self.new_session = conn, True
+        return conn
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+
 class Probe:
     """`read(conn)` on a dedicated connection with a short timeout, for readiness: its
     result, or None when the database does not answer in time. Thread-safe; a failure drops

@@ -1,12 +1,16 @@
-"""The gateway's HTTP connections: uvicorn's httptools protocol with two limits of its own.
+"""The gateway's HTTP connections: uvicorn's httptools protocol with limits of its own.
 
 - A request's headers must all arrive within `header_timeout_secs` of its first byte (for a
   connection's first request, of the connection itself): a client that sends them slowly,
   or connects and sends nothing, is cut off, so slow clients cannot hold a worker's
   connections (slowloris). Between requests, uvicorn closes a connection idle for
-  `keepalive_secs`. (uvicorn alone has no such deadline.) The deadlines are checked by one
-  timer per worker, which runs only while some connection waits for headers, so a late
-  client is cut at most a second (or a quarter of the timeout) past its deadline.
+  `keepalive_secs`. (uvicorn alone has no such deadline.)
+- Its body must then arrive within `body_timeout_secs` of the headers: one that does not is
+  ended there, its scope says so under BODY_TIMEOUT, and the app answers 408 (the connection
+  closes after it).
+- The deadlines are checked by one timer per worker, which runs only while some connection
+  waits, so a late client is cut at most a second (or a quarter of the timeout) past its
+  deadline, and a request pays no timer of its own.
 - Past `max_connections` open connections in a worker, a request is answered here, before
   the app: 503 SERVICE_UNAVAILABLE in the API's JSON envelope, with `Connection: close`, so
   the worker sheds connections instead of slowing every one. Health and readiness still
@@ -38,40 +42,52 @@ log = logging.getLogger(__name__)
 
 PROBES = frozenset({b"/_api/health", b"/_api/ready"})
 BODY_ERROR = "forge.body_error"  # in a request's scope: why its body broke off
+BODY_TIMEOUT = "forge.body_timeout"  # in a request's scope: its body came too slowly
 SHED_LOG_INTERVAL_SECS = 60.0
 _last_shed_log = float("-inf")
 
 
-class HeaderDeadlines:
-    """The connections of one worker that wait for a request's headers, and their deadlines.
+class Deadlines:
+    """The connections of one worker that wait for a request's headers or its body, and
+    their deadlines.
 
     One timer checks them all, and only while some connection waits: a timer armed and
-    cancelled on every request costs about 2 us of it, and the headers of nearly every
-    request arrive in the packet that starts it.
+    cancelled on every request costs about 2 us of it (`asyncio.timeout` about 6), and the
+    headers and body of nearly every request arrive in the packet that starts it.
     """
 
-    def __init__(self, timeout_secs: float) -> None:
-        self.timeout_secs = timeout_secs
-        self.interval_secs = min(1.0, timeout_secs / 4)
-        self.waiting: dict[GatewayHttpProtocol, float] = {}
+    def __init__(self, header_timeout_secs: float, body_timeout_secs: float) -> None:
+        self.header_timeout_secs = header_timeout_secs
+        self.body_timeout_secs = body_timeout_secs
+        self.interval_secs = min(1.0, header_timeout_secs / 4, body_timeout_secs / 4)
+        self.headers: dict[GatewayHttpProtocol, float] = {}
+        self.bodies: dict[GatewayHttpProtocol, float] = {}
         self.timer: asyncio.TimerHandle | None = None
 
-    def start(self, protocol: GatewayHttpProtocol) -> None:
-        loop = protocol.loop
-        self.waiting[protocol] = loop.time() + self.timeout_secs
+    def start_headers(self, protocol: GatewayHttpProtocol) -> None:
+        self.headers[protocol] = protocol.loop.time() + self.header_timeout_secs
         if self.timer is None:
-            self.timer = loop.call_later(self.interval_secs, self.check, loop)
+            self.timer = protocol.loop.call_later(self.interval_secs, self.check, protocol.loop)
+
+    def start_body(self, protocol: GatewayHttpProtocol) -> None:
+        """The headers came: now the body (its end, on_message_complete, stops it)."""
+        self.headers.pop(protocol, None)
+        self.bodies[protocol] = protocol.loop.time() + self.body_timeout_secs
 
     def stop(self, protocol: GatewayHttpProtocol) -> None:
-        self.waiting.pop(protocol, None)
+        self.headers.pop(protocol, None)
+        self.bodies.pop(protocol, None)
 
     def check(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
-        for protocol in [p for p, deadline in self.waiting.items() if deadline <= now]:
-            del self.waiting[protocol]
+        for protocol in [p for p, deadline in self.headers.items() if deadline <= now]:
+            del self.headers[protocol]
             protocol.headers_too_slow()
+        for protocol in [p for p, deadline in self.bodies.items() if deadline <= now]:
+            del self.bodies[protocol]
+            protocol.body_too_slow()
         self.timer = loop.call_later(self.interval_secs, self.check, loop) \
-            if self.waiting else None
+            if self.headers or self.bodies else None
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
@@ -80,29 +96,30 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     to read its events."""
 
     max_connections: int = 10_000
-    deadlines: HeaderDeadlines
+    deadlines: Deadlines
     on_lost: Callable[[], None] | None = None
 
     @classmethod
-    def with_limits(cls, header_timeout_secs: float,
+    def with_limits(cls, header_timeout_secs: float, body_timeout_secs: float,
                     max_connections: int) -> type[GatewayHttpProtocol]:
         """The protocol class to give uvicorn (it builds one protocol per connection); one
-        per worker, holding that worker's header deadlines."""
-        return type(cls.__name__, (cls,), {"deadlines": HeaderDeadlines(header_timeout_secs),
+        per worker, holding that worker's deadlines."""
+        deadlines = Deadlines(header_timeout_secs, body_timeout_secs)
+        return type(cls.__name__, (cls,), {"deadlines": deadlines,
                                            "max_connections": max_connections})
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.deadlines.start(self)
+        self.deadlines.start_headers(self)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["forge.connection"] = self  # type: ignore[typeddict-unknown-key]
-        if self not in self.deadlines.waiting:  # a connection's first request: since connected
-            self.deadlines.start(self)
+        if self not in self.deadlines.headers:  # a connection's first request: since connected
+            self.deadlines.start_headers(self)
 
     def on_headers_complete(self) -> None:
-        self.deadlines.stop(self)
+        self.deadlines.start_body(self)
         if len(self.connections) <= self.max_connections or self.probed():
             super().on_headers_complete()
             return
@@ -111,6 +128,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             super().on_headers_complete()
         finally:
             self.app = app
+
+    def on_message_complete(self) -> None:
+        self.deadlines.stop(self)
+        super().on_message_complete()
 
     def probed(self) -> bool:
         return httptools.parse_url(self.url).path.rstrip(b"/") in PROBES
@@ -125,6 +146,16 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.close()
 
+    def body_too_slow(self) -> None:
+        """The body did not all come in time: the app's request ends its body here, and the
+        app answers 408 (and the connection closes after it)."""
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body:
+            return
+        cycle.scope[BODY_TIMEOUT] = f"the body did not arrive within " \
+                                    f"{self.deadlines.body_timeout_secs:g} s"
+        self.end_body(cycle)
+
     def send_400_response(self, msg: str) -> None:
         """The parser refused the bytes: uvicorn's hook for its plain-text 400."""
         cycle = self.cycle
@@ -134,11 +165,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.transport.close()
         elif cycle.more_body:  # the app's request, its body broken: the app answers
             cycle.scope[BODY_ERROR] = "the body's chunked encoding is malformed"
-            cycle.more_body = False
-            cycle.keep_alive = False
-            cycle.message_event.set()
+            self.end_body(cycle)
         else:  # a pipelined request broke while this one is answered: close after it
             cycle.keep_alive = False
+
+
+    @staticmethod
+    def end_body(cycle: Any) -> None:
+        """The app's request body ends here; the connection closes after its answer."""
+        cycle.more_body = False
+        cycle.keep_alive = False
+        cycle.message_event.set()
 
 
 async def shed_load(scope: dict, receive: Any, send: Any) -> None:

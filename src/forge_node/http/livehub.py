@@ -40,7 +40,7 @@ from .. import db, jobs, linux, live
 from ..app import AppRegistry, FunctionSpec
 from ..config import SubscriptionsConfig
 from ..encoding import dumps, to_jsonable
-from ..errors import Error
+from ..errors import DatabaseUnavailable, Error
 from .correlation import new_request_id
 from .errors import (
     INTERNAL_ERROR,
@@ -269,36 +269,39 @@ class LiveHub:
     # -- the listener --------------------------------------------------------------------------
 
     async def listen(self) -> None:
-        """LISTEN for changes and wake-ups; reconnect (and catch up) whenever the link drops."""
+        """LISTEN for wake-ups; reconnect (and catch up) whenever the link drops."""
+        link = db.AsyncDedicated(self.database_url, f"gateway {os.getpid()} live",
+                                 on_open=self.on_listener_open)
         lost, first = False, True
         while not self.shut:
             try:
-                async with await psycopg.AsyncConnection.connect(
-                        self.database_url, autocommit=True,
-                        **db.connection_kwargs(f"gateway {os.getpid()} live")) as conn:
-                    await conn.execute(f"LISTEN {self.channel}")
-                    self.tables = await live.table_oids(conn, list(live.live_tables(
-                        self.registry)))
-                    if first:
-                        first = False
-                        await self.best_effort(self.forget_dead_workers_sessions,
-                                               "forget dead workers' live sessions")
-                    if lost:
-                        log.info("live updates listening again",
-                                 extra={"event": "live.listener_back"})
-                        self.catch_up()
-                    lost = False
-                    self.listening.set()
-                    async for notify in conn.notifies():
-                        if notify.payload in self.sessions:
-                            self.spawn(self.reload(self.sessions[notify.payload]))
-            except psycopg.Error as exc:
+                conn = await link.get()
+                if first:
+                    first = False
+                    await self.best_effort(self.forget_dead_workers_sessions,
+                                           "forget dead workers' live sessions")
+                if lost:
+                    log.info("live updates listening again",
+                             extra={"event": "live.listener_back"})
+                    self.catch_up()
+                lost = False
+                self.listening.set()
+                async for notify in conn.notifies():
+                    if notify.payload in self.sessions:
+                        self.spawn(self.reload(self.sessions[notify.payload]))
+            except (psycopg.Error, DatabaseUnavailable) as exc:
                 self.listening.clear()
+                await link.close()
                 if not lost:
                     log.warning("live updates lost the database: %s", db.first_line(exc),
                                 extra={"event": "live.listener_lost"})
                 lost = True
                 await asyncio.sleep(RETRY_SECS)
+        await link.close()
+
+    async def on_listener_open(self, conn: psycopg.AsyncConnection) -> None:
+        await conn.execute(f"LISTEN {self.channel}")
+        self.tables = await live.table_oids(conn, list(live.live_tables(self.registry)))
 
     async def forget_dead_workers_sessions(self, conn: Any) -> None:
         """Sessions of this node left by a gateway worker that died (their rows outlive it

@@ -103,8 +103,8 @@ class GatewayWorker(UvicornWorker):
         # the drain's second step ends in time, even for a request that never does: the first
         # step takes up to half of graceful_timeout (DrainingServer), this the rest but a second
         self.config.timeout_graceful_shutdown = max(1, self.cfg.graceful_timeout // 2 - 1)
-        self.config.http = GatewayHttpProtocol.with_limits(gateway.header_timeout_secs,
-                                                           gateway.max_connections)
+        self.config.http = GatewayHttpProtocol.with_limits(
+            gateway.header_timeout_secs, gateway.body_timeout_secs, gateway.max_connections)
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi  # gunicorn's name for the app this worker loaded

@@ -15,7 +15,7 @@ from ...auth import InvalidToken, KeysUnavailable, TokenVerifier
 from ...config import GatewayConfig
 from ...encoding import JsonRejected, dumps, loads, to_jsonable
 from ...errors import Error
-from ..connections import BODY_ERROR
+from ..connections import BODY_ERROR, BODY_TIMEOUT
 from ..errors import (
     FORBIDDEN,
     FUNCTION_ROLE_DISABLED,
@@ -35,16 +35,15 @@ log = logging.getLogger("forge_node.http")
 
 @dataclass(frozen=True)
 class BodyLimits:
-    """What a request body may be: its size, its JSON's depth, how long it may take to
-    arrive (from the moment the resource reads it)."""
+    """What a request body may be: its size and its JSON's depth. (How long it may take to
+    arrive is the connection's to enforce: connections.py.)"""
 
     max_bytes: int
     max_depth: int
-    timeout_secs: float
 
     @classmethod
     def of(cls, gateway: GatewayConfig) -> BodyLimits:
-        return cls(gateway.max_body_bytes, gateway.max_json_depth, gateway.body_timeout_secs)
+        return cls(gateway.max_body_bytes, gateway.max_json_depth)
 
 
 class RpcResource:
@@ -127,15 +126,8 @@ def authorize(spec: FunctionSpec, claims: dict[str, Any] | None) -> None:
 async def read_json_object(req: falcon.asgi.Request, limits: BodyLimits,
                            shape: str) -> dict[str, Any]:
     """The body as a JSON object ({} when empty); 400 naming `shape` otherwise, 413 past
-    `limits.max_bytes`, 408 when it has not all arrived within `limits.timeout_secs`."""
-    try:
-        async with asyncio.timeout(limits.timeout_secs):
-            raw = await read_body(req, limits.max_bytes)
-    except TimeoutError:
-        # the connection is closed after the answer: what else the client sends is unread
-        raise ApiError(408, REQUEST_TIMEOUT, f"the body did not arrive within "
-                                             f"{limits.timeout_secs:g} s",
-                       headers={"connection": "close"}) from None
+    `limits.max_bytes`, 408 when it did not all arrive within `[gateway] body_timeout_secs`."""
+    raw = await read_body(req, limits.max_bytes)
     if not raw.strip():
         return {}
     try:
@@ -157,12 +149,21 @@ async def read_body(req: falcon.asgi.Request, max_bytes: int) -> bytes:
         raw = await req.stream.read()  # bounded by the length: one read, no loop
         if len(raw) == length:
             return raw
+        _check_body_timeout(req)
         raise ApiError(400, INVALID_ARGUMENT, f"the body ended after {len(raw)} of its "
                                               f"{length} bytes")
     raw = await read_chunked(req, max_bytes)
+    _check_body_timeout(req)
     if BODY_ERROR in req.scope:
         raise ApiError(400, INVALID_ARGUMENT, req.scope[BODY_ERROR])
     return raw
+
+
+def _check_body_timeout(req: falcon.asgi.Request) -> None:
+    if BODY_TIMEOUT in req.scope:
+        # the connection is closed after the answer: what else the client sends is unread
+        raise ApiError(408, REQUEST_TIMEOUT, req.scope[BODY_TIMEOUT],
+                       headers={"connection": "close"})
 
 
 async def read_args(req: falcon.asgi.Request, limits: BodyLimits) -> dict[str, Any]:
