@@ -83,7 +83,7 @@ def loads(raw: bytes, max_depth: int) -> Any:
     if _too_deep(raw, max_depth):  # before parsing: the parser recurses, once per level
         raise JsonRejected(f"nested deeper than {max_depth} levels")
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        value = _DECODER.decode(text)
     except JsonRejected:
         raise
     except ValueError as exc:  # JSONDecodeError, or an integer of over 4300 digits
@@ -111,6 +111,10 @@ def _finite_float(text: str) -> float:
     if math.isinf(value):
         raise JsonRejected(f"the number {text[:20]} is too large for a double")
     return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)  # one,
+# not one per call as json.loads builds with these arguments
 
 
 def _holds_lone_surrogate(value: Any) -> bool:
