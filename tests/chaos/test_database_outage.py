@@ -12,6 +12,7 @@ import urllib.request
 import psycopg
 import pytest
 
+from forge_node.leader import LOCK_CLASS_ID, ROLE_IDS
 from tests.plugins.calls import rpc_call
 from tests.plugins.nodes import wait_until
 from tests.plugins.usage import cpu_shares, node_processes, over
@@ -154,6 +155,12 @@ def test_no_call_fails_once_ready_answers_after_a_database_fault(make_app, start
         wait_until(lambda: conn.execute(
             "SELECT count(*) FROM forge_jobs WHERE id = ANY(%s) AND status = 'completed'",
             [jobs]).fetchone()[0] == len(jobs), timeout=30, message="every job completed")
+        wait_until(lambda: conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND classid = %s AND objid = %s", [LOCK_CLASS_ID, ROLE_IDS["scheduler"]]
+        ).fetchone()[0] == 1, timeout=10, message="the scheduler leads again")
+        wait_until(lambda: conn.execute("SELECT status FROM forge_nodes").fetchall()
+                   == [("active",)], timeout=10, message="the node active again")
     assert node.proc.poll() is None
 
 
