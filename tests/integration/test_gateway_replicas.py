@@ -5,6 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from tests.plugins.gateway import Gateway
 from tests.plugins.nodes import wait_until
 
 MODULE = '''
@@ -63,3 +64,36 @@ def test_a_replica_that_is_down_is_skipped_and_used_again_when_back(gateway, own
         own_postgres.start()
     wait_until(lambda: gw.rpc("where").json.get("data") == "replica", timeout=10,
                message="the replica is used again")
+
+
+RECOVERY_MODULE = '''
+import forge_node as forge
+
+@forge.query(public=True)
+def on_standby(ctx, args):
+    return ctx.db.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+
+@forge.mutation(public=True)
+def write(ctx, args):
+    ctx.db.execute("INSERT INTO writes DEFAULT VALUES")
+'''
+
+
+def test_a_replica_that_lags_is_skipped_until_it_catches_up(make_app, streaming_replica):
+    app = make_app(module=RECOVERY_MODULE,
+                   migrations={"0001_writes.sql": "CREATE TABLE writes (id bigserial);\n"},
+                   database={"replica_urls": [streaming_replica.url], "read_from_replica": True,
+                             "replica_max_lag_secs": 1})
+    gw = Gateway(app, streaming_replica.primary_url)
+    try:
+        wait_until(lambda: gw.rpc("on_standby").json["data"] is True, timeout=10,
+                   message="queries read from the standby")
+        streaming_replica.pause_replay()
+        gw.rpc("write")  # WAL the standby receives and does not apply: it falls behind
+        wait_until(lambda: gw.rpc("on_standby").json["data"] is False, timeout=10,
+                   message="queries fall back to the primary")
+        streaming_replica.resume_replay()
+        wait_until(lambda: gw.rpc("on_standby").json["data"] is True, timeout=10,
+                   message="the standby is used again once it caught up")
+    finally:
+        gw.close()

@@ -116,3 +116,49 @@ def own_postgres(tmp_path: Path) -> Iterator[RestartablePostgres]:
             if (own.data_dir / "postmaster.pid").exists():
                 with contextlib.suppress(Exception):  # already down (a crash left the file)
                     own.stop()
+
+
+@dataclass
+class StreamingReplica:
+    primary_url: str
+    url: str
+    data_dir: Path
+    user: str | None
+
+    def pause_replay(self) -> None:
+        """WAL keeps arriving but is not applied: the replica falls behind."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute("SELECT pg_wal_replay_pause()")
+
+    def resume_replay(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute("SELECT pg_wal_replay_resume()")
+
+
+@pytest.fixture
+def streaming_replica(own_postgres: RestartablePostgres,
+                      tmp_path: Path) -> Iterator[StreamingReplica]:
+    """A database on a PostgreSQL of the test's own, and a real hot standby of that server
+    (pg_basebackup, streaming replication), reached on its own socket."""
+    import pwd
+
+    import pgserver
+    user = own_postgres._server.system_user
+    primary_url = own_postgres.url_for(own_postgres.create_database())
+    data_dir = tmp_path / "replica"
+    data_dir.mkdir(mode=0o700)
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(data_dir, entry.pw_uid, entry.pw_gid)
+    pgserver.pg_basebackup(["-D", str(data_dir), "-R", "-X", "stream", "-c", "fast",
+                            "-U", "postgres", "-h", own_postgres._socket_dir],
+                           user=user, timeout=60)
+    (data_dir / ".s.PGSQL.5432.lock").unlink(missing_ok=True)  # the primary's socket, copied
+    pgserver.pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {data_dir}", "-l", str(data_dir / "log"),
+                     "start"], pgdata=data_dir, user=user, timeout=30)
+    parts = urllib.parse.urlsplit(primary_url)
+    url = urllib.parse.urlunsplit(parts._replace(query=f"host={data_dir}"))
+    try:
+        yield StreamingReplica(primary_url, url, data_dir, user)
+    finally:
+        pgserver.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=data_dir, user=user)
