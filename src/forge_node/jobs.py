@@ -180,9 +180,11 @@ class WorkerQueue:
             "node_id": self.node_id}).fetchall()
         return [row[0] for row in rows]
 
-    def reclaim_jobs_of_node(self, error: str) -> list[tuple[int, str]]:
+    def reclaim_jobs_of_node(self, error: str, held: Sequence[int] = ()) -> list[tuple[int, str]]:
+        """Jobs running on this node but not `held` by its worker, back to pending (or dead
+        when that was their last attempt)."""
         rows = self.conn.execute(Q.reclaim_jobs_of_node, {"node_id": self.node_id,
-                                                          "error": error})
+                                                          "error": error, "held": list(held)})
         return rows.fetchall()
 
     def cancel_requests(self) -> set[int]:

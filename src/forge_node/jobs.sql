@@ -97,13 +97,15 @@ WHERE j.id = d.id AND j.node_id = %(node_id)s AND j.attempts = d.attempt AND j.s
 RETURNING j.id;
 
 -- name: reclaim_jobs_of_node
--- A worker that starts finds the jobs its crashed predecessor on this node left running.
+-- Jobs running on this node that its worker does not hold (`held`): left by a crashed
+-- predecessor, or claimed by a statement whose answer the worker never got (the connection
+-- broke after the commit).
 UPDATE forge_jobs
 SET status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
     completed_at = CASE WHEN attempts >= max_attempts THEN now() END,
     node_id = CASE WHEN attempts >= max_attempts THEN node_id END,
     last_error = %(error)s
-WHERE status = 'running' AND node_id = %(node_id)s
+WHERE status = 'running' AND node_id = %(node_id)s AND NOT (id = ANY(%(held)s))
 RETURNING id, status;
 
 -- name: try_xact_lock

@@ -296,3 +296,22 @@ def test_the_statement_timeout_bounds_jobs_unless_they_set_their_own(make_app, s
     error = db.execute("SELECT last_error FROM forge_jobs WHERE id = %s", [bounded]).fetchone()[0]
     assert "canceling statement due to statement timeout" in error
     wait_for_jobs(db, [own], timeout=20)
+
+
+def test_a_claim_whose_answer_was_lost_is_given_back_on_the_next_session(
+        enqueue, start_node, database_url, db):
+    """A claim that committed but whose answer never reached the worker (PostgreSQL crashed
+    or ended the session in between) leaves a job running on this node that no slot holds:
+    the worker's new session gives it back, and it runs."""
+    start_node(enqueue.app, database_url).wait_ready()
+    node_id = db.execute("SELECT id FROM forge_nodes").fetchone()[0]
+    with db.transaction():  # as the lost claim left it: running here, one attempt spent
+        job_id = enqueue("once", {"key": "lost-claim"})
+        db.execute("UPDATE forge_jobs SET status = 'running', node_id = %s, attempts = 1, "
+                   "started_at = now() WHERE id = %s", [node_id, job_id])
+    terminated = db.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = %s", [f"forge-node worker {str(node_id)[:8]}"]).fetchone()[0]
+    assert terminated == 2  # the worker's queue session and its listener
+    wait_for_jobs(db, [job_id])
+    assert len(executions(db, "lost-claim")) == 1

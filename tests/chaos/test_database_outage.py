@@ -116,8 +116,9 @@ def terminate_forge_sessions(url):
 def test_no_call_fails_once_ready_answers_after_a_database_fault(make_app, start_node,
                                                                   own_postgres, fault):
     """PostgreSQL restarts (-m fast), crashes (-m immediate) or ends every forge-node session
-    while calls keep coming: after /_api/ready answers 200, no call fails (the pools never
-    hand out a connection the fault killed), no job is lost and the node never restarts."""
+    while calls and jobs keep coming: readiness goes 503 and back; after /_api/ready answers
+    200, no call fails (the pools never hand out a connection the fault killed); no job is
+    lost, the scheduler leads again, and the node never restarts."""
     url = own_postgres.url_for(own_postgres.create_database())
     app = make_app(module=FAULTS_MODULE, gateway={"workers": 1},
                    node={"roles": ["gateway", "function", "worker", "scheduler"]})
@@ -125,15 +126,26 @@ def test_no_call_fails_once_ready_answers_after_a_database_fault(make_app, start
     jobs = [rpc(app.port, "start")[1]["data"] for _ in range(20)]
     stop = threading.Event()
 
-    def keep_calling():  # keeps the pools' connections freshly used up to the fault
-        while not stop.is_set():
-            rpc(app.port, "now")
-            rpc(app.port, "now_async")
+    readiness = []
 
-    load = threading.Thread(target=keep_calling)
-    load.start()
+    def keep_calling(name):  # keeps the pools' connections freshly used up to the fault
+        while not stop.is_set():
+            status, body = rpc(app.port, name)
+            if name == "start" and status == 200:  # every job enqueued, even mid-fault,
+                jobs.append(body["data"])           # must complete
+
+    def watch_readiness():  # a thread of its own: a call may wait out the outage
+        while not stop.is_set():
+            readiness.append(ready(app.port)[0])
+            stop.wait(0.05)
+
+    threads = [threading.Thread(target=watch_readiness),
+               *(threading.Thread(target=keep_calling, args=(name,))
+                 for name in ("now", "now_async", "start"))]
+    for thread in threads:
+        thread.start()
     try:
-        wait_until(lambda: rpc(app.port, "now_async")[0] == 200, message="warm")
+        wait_until(lambda: len(jobs) >= 60, timeout=30, message="jobs flowing")
         if fault == "terminate":
             terminate_forge_sessions(url)
         else:
@@ -141,20 +153,29 @@ def test_no_call_fails_once_ready_answers_after_a_database_fault(make_app, start
             own_postgres.start()
     finally:
         stop.set()
-        load.join()
+        for thread in threads:
+            thread.join()
+    if fault != "terminate":  # sessions ended one by one: the probe may reconnect at once
+        assert 503 in readiness
     fault_over = time.monotonic()
     wait_until(lambda: ready(app.port)[0] == 200, timeout=30, message="ready again")
     ready_after = time.monotonic() - fault_over
     failed = [(name, status, body) for name in ("now", "now_async") * 30
               for status, body in [rpc(app.port, name)] if status != 200]
-    print(f"{fault}: ready {ready_after:.2f} s after the fault; 60 calls after, "
-          f"{len(failed)} failed")  # the figures of docs/reliability.md (pytest -s)
+    print(f"{fault}: readiness {sorted(set(readiness))} during it; ready {ready_after:.2f} s "
+          f"after the fault; 60 calls after, {len(failed)} failed; {len(jobs) + 1} jobs "
+          "enqueued")  # the figures of docs/reliability.md (pytest -s)
     assert failed == []
     jobs.append(rpc(app.port, "start")[1]["data"])
     with psycopg.connect(url, autocommit=True) as conn:
-        wait_until(lambda: conn.execute(
-            "SELECT count(*) FROM forge_jobs WHERE id = ANY(%s) AND status = 'completed'",
-            [jobs]).fetchone()[0] == len(jobs), timeout=30, message="every job completed")
+        def statuses():
+            return dict(conn.execute("SELECT status, count(*) FROM forge_jobs "
+                                     "WHERE id = ANY(%s) GROUP BY 1", [jobs]).fetchall())
+
+        try:
+            wait_until(lambda: statuses() == {"completed": len(jobs)}, timeout=30)
+        except AssertionError:
+            raise AssertionError(f"of {len(jobs)} jobs: {statuses()}") from None
         wait_until(lambda: conn.execute(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
             "AND classid = %s AND objid = %s", [LOCK_CLASS_ID, ROLE_IDS["scheduler"]]

@@ -87,7 +87,10 @@ class WorkerProcess(RoleProcess):
         self.queue_db.close()
 
     def connection(self) -> WorkerQueue:
-        return WorkerQueue(self.queue_db.get(), self.ctx.node_id)
+        queue = WorkerQueue(self.queue_db.get(), self.ctx.node_id)
+        if self.queue_db.new_session and self.reclaimed:
+            self.reclaim_lost_claims(queue)
+        return queue
 
     # -- the steps of a turn ---------------------------------------------------------------
 
@@ -101,6 +104,16 @@ class WorkerProcess(RoleProcess):
                         job_id, status, extra={"event": "job.reclaimed_after_restart",
                                                "job_id": job_id})
         self.reclaimed = True
+
+    def reclaim_lost_claims(self, queue: WorkerQueue) -> None:
+        """On a new session: a claim whose answer the old one lost (PostgreSQL crashed or
+        ended it after the commit) left jobs running here that no pool holds."""
+        held = [job_id for pool in self.pools for job_id in pool.in_hand] + \
+            [outcome.running.job.id for outcome in self.unrecorded]
+        error = "claimed by a statement whose answer the worker never got"
+        for job_id, status in queue.reclaim_jobs_of_node(error, held):
+            log.warning("job %d was claimed here but the answer was lost: now %s", job_id,
+                        status, extra={"event": "job.reclaimed_lost_claim", "job_id": job_id})
 
     def read_notifications(self) -> None:
         notes = self.listener.poll()
