@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 
 from tests.plugins.apps import AppDir, free_port
+from tests.plugins.calls import rpc_call
 from tests.plugins.nodes import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,33 +28,22 @@ def embedded_postgres(data_dir: Path) -> list[psutil.Process]:
     return found
 
 
-def rpc(port: int, name: str, args: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/_api/rpc/{name}",
-                                     data=json.dumps({"args": args}).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return resp.status, json.load(resp)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
-
-
 def check_the_demos_functions(port: int) -> None:
     """add_note stores a note and enqueues count_words in its transaction; the worker counts
     the words; list_notes shows both; a blank body is refused."""
-    status, added = rpc(port, "add_note", {"body": "  four words in here "})
+    status, added = rpc_call(port, "add_note", {"body": "  four words in here "})
     assert status == 200, added
     note_id = added["data"]["id"]
-    assert rpc(port, "add_note", {"body": "   "})[0] == 400
+    assert rpc_call(port, "add_note", {"body": "   "})[0] == 400
 
     def counted() -> list[dict]:
-        notes = rpc(port, "list_notes", {})[1]["data"]
+        notes = rpc_call(port, "list_notes", {})[1]["data"]
         return [n for n in notes if n["id"] == note_id and n["words"] is not None]
 
     [note] = wait_until(counted, timeout=15, message="count_words ran")
     assert (note["body"], note["words"]) == ("  four words in here ", 4)
     assert note["created_at"]
-    assert len(rpc(port, "list_notes", {})[1]["data"]) == 1
+    assert len(rpc_call(port, "list_notes", {})[1]["data"]) == 1
 
 
 def test_the_demo_runs_on_the_embedded_postgres(tmp_path, start_node):
