@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.plugins.nodes",
     "tests.plugins.gateway",
     "tests.plugins.otlp",
+    "tests.plugins.pgbouncer",
 ]

@@ -65,6 +65,7 @@ class ProjectConfig:
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str = ""
+    direct_url: str = ""  # set when `url` goes through a transaction-mode pooler (PgBouncer)
     pool_size: int = 50
     statement_timeout_secs: float = 30
     replica_urls: tuple[str, ...] = ()
@@ -73,6 +74,10 @@ class DatabaseConfig:
 
     def problems(self) -> list[str]:
         found = _postgres_url(self.url, "database.url") if self.url else []
+        if self.direct_url:
+            found += _postgres_url(self.direct_url, "database.direct_url")
+            if not self.url:
+                found.append("database.direct_url is set but database.url (the pooler's) is not")
         found += _at_least(self.pool_size, 2, "database.pool_size")
         found += _at_least(self.statement_timeout_secs, 0, "database.statement_timeout_secs")
         found += _positive(self.replica_max_lag_secs, "database.replica_max_lag_secs")

@@ -31,15 +31,23 @@ _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
 
 
 def connection_kwargs(purpose: str, statement_timeout_secs: float | None = None,
-                      settings: dict[str, object] | None = None) -> dict:
+                      settings: dict[str, object] | None = None, *,
+                      pooled: bool = False) -> dict:
     """libpq settings shared by every connection forge-node opens.
 
     `purpose` becomes the application_name, so `pg_stat_activity` tells which node and
     role holds a session (and which one holds a lock). `settings` are session settings
-    (`SET name = value` at connect).
+    (`SET name = value` at connect). `pooled`: through a transaction-mode pooler
+    (`[database] direct_url` set), where no session state survives a transaction: no
+    session settings (PgBouncer refuses the `options` startup parameter; the caller bounds
+    its statements per transaction, `set_local_timeout`) and no server-side prepared
+    statements (psycopg prepares a statement run five times).
     """
     kwargs: dict = {"application_name": f"forge-node {purpose}"[:63],
                     "connect_timeout": CONNECT_TIMEOUT_SECS, **_KEEPALIVES}
+    if pooled:
+        kwargs["prepare_threshold"] = None
+        return kwargs
     session = dict(settings or {})
     if statement_timeout_secs:
         session["statement_timeout"] = int(statement_timeout_secs * 1000)
@@ -79,10 +87,11 @@ class Dedicated:
     def __init__(self, url: str, purpose: str, *, statement_timeout_secs: float | None = None,
                  settings: dict[str, object] | None = None,
                  connect_timeout_secs: float | None = None,
-                 on_open: Callable[[psycopg.Connection], None] | None = None) -> None:
+                 on_open: Callable[[psycopg.Connection], None] | None = None,
+                 pooled: bool = False) -> None:
         self.url = url
         self.purpose = purpose
-        self.kwargs = connection_kwargs(purpose, statement_timeout_secs, settings)
+        self.kwargs = connection_kwargs(purpose, statement_timeout_secs, settings, pooled=pooled)
         if connect_timeout_secs is not None:
             self.kwargs["connect_timeout"] = max(1, round(connect_timeout_secs))
         self.on_open = on_open
@@ -171,16 +180,23 @@ class Probe:
     def __init__(self, url: str, purpose: str,
                  read: Callable[[psycopg.Connection], T] = lambda conn: conn.execute(
                      "SELECT 1").fetchone(),
-                 timeout_secs: float = 2) -> None:
+                 timeout_secs: float = 2, pooled: bool = False) -> None:
         self.read = read
+        self.timeout_secs = timeout_secs
+        self.pooled = pooled
         self._db = Dedicated(url, purpose, statement_timeout_secs=timeout_secs,
-                             connect_timeout_secs=timeout_secs)
+                             connect_timeout_secs=timeout_secs, pooled=pooled)
         self._lock = threading.Lock()
 
     def fetch(self) -> Any:
         with self._lock:
             try:
-                return self.read(self._db.get())
+                conn = self._db.get()
+                if not self.pooled:
+                    return self.read(conn)
+                with conn.transaction():  # the timeout, for this transaction only
+                    set_local_timeout(conn, self.timeout_secs)
+                    return self.read(conn)
             except (psycopg.Error, DatabaseUnavailable) as exc:
                 log.debug("readiness probe failed: %s", first_line(exc))
                 self._db.close()
@@ -190,16 +206,25 @@ class Probe:
 IDLE_CHECK_SECS = 1.0
 
 
+SET_LOCAL_TIMEOUT = "SELECT set_config('statement_timeout', %s, true)"
+
+
+def set_local_timeout(conn: psycopg.Connection, seconds: float) -> None:
+    """Bound the statements of the connection's current transaction (0: no bound)."""
+    conn.execute(SET_LOCAL_TIMEOUT, [str(int(seconds * 1000))])
+
+
 def create_pool(url: str, purpose: str, *, max_size: int, min_size: int = 1,
                 statement_timeout_secs: float | None = None,
-                configure: Callable[[psycopg.Connection], None] | None = None) -> ConnectionPool:
+                configure: Callable[[psycopg.Connection], None] | None = None,
+                pooled: bool = False) -> ConnectionPool:
     """A pool opened lazily in the calling process; connections idle for a while are checked
     before use."""
     return _StampingPool(
         url,
         min_size=min(min_size, max_size),
         max_size=max_size,
-        kwargs=connection_kwargs(purpose, statement_timeout_secs),
+        kwargs=connection_kwargs(purpose, statement_timeout_secs, pooled=pooled),
         check=check_if_idle,
         configure=configure,
         open=False,
@@ -219,14 +244,14 @@ class _StampingPool(ConnectionPool):
 def create_async_pool(url: str, purpose: str, *, max_size: int,
                       statement_timeout_secs: float | None = None,
                       configure: Callable[[psycopg.AsyncConnection], Awaitable[None]] | None
-                      = None) -> AsyncConnectionPool:
+                      = None, pooled: bool = False) -> AsyncConnectionPool:
     """create_pool for `async def` code: opened by its first user, inside the event loop,
     with no connection until one is asked for."""
     return _StampingAsyncPool(
         url,
         min_size=0,
         max_size=max_size,
-        kwargs=connection_kwargs(purpose, statement_timeout_secs),
+        kwargs=connection_kwargs(purpose, statement_timeout_secs, pooled=pooled),
         check=check_if_idle_async,
         configure=configure,
         open=False,

@@ -48,12 +48,19 @@ _INHERITED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGH
 class ChildContext:
     role: str
     config: Config
-    database_url: str
+    database_url: str  # for statements that keep nothing past their transaction
+    direct_url: str  # for session work: locks, LISTEN (differs behind a pooler)
     node_id: uuid.UUID
     app: AppRegistry
     supervisor_pid: int
     report_fd: int
     inherited_fds: tuple[int, ...]
+
+
+    @property
+    def pooled(self) -> bool:
+        """Whether database_url goes through a transaction-mode pooler."""
+        return self.direct_url != self.database_url
 
 
 class ReportPipe:

@@ -75,10 +75,11 @@ class RoleSlot:
 
 
 class Supervisor:
-    def __init__(self, config: Config, database_url: str, app: AppRegistry,
+    def __init__(self, config: Config, database_url: str, direct_url: str, app: AppRegistry,
                  node: NodeIdentity) -> None:
         self.config = config
         self.database_url = database_url
+        self.direct_url = direct_url  # the supervisor's own work: locks, the registry
         self.app = app
         self.node = node
         processes = processes_for(config)
@@ -93,7 +94,7 @@ class Supervisor:
         self.backoff = Backoff(base=1.0, factor=2.0, cap=30.0, jitter=0.1)
         timing = config.cluster
         self.services = ServiceRunner(db.Dedicated(
-            database_url, self._purpose, statement_timeout_secs=5), [
+            direct_url, self._purpose, statement_timeout_secs=5), [
             Heartbeat(self.node, self.node_status, timing.heartbeat_interval_secs),
             DeadNodeReaper(timing.dead_threshold_secs, timing.heartbeat_interval_secs),
             ReclaimJobsOfDeadNodes(timing.heartbeat_interval_secs),
@@ -268,7 +269,8 @@ class Supervisor:
         os.set_blocking(write_fd, False)
         supervisor_fds = (*self.waker.fds, read_fd,
                           *(s.child.report_fd for s in self.live_children()))
-        ctx = ChildContext(slot.role, self.config, self.database_url, self.node.id, self.app,
+        ctx = ChildContext(slot.role, self.config, self.database_url, self.direct_url,
+                           self.node.id, self.app,
                            os.getpid(), write_fd, supervisor_fds)
         pid = spawn(ROLE_PROCESSES[slot.role](ctx))
         os.close(write_fd)
@@ -400,7 +402,7 @@ class Supervisor:
         return f"supervisor {str(self.node.id)[:8]}"
 
     def _connect(self) -> psycopg.Connection:
-        return db.connect(self.database_url, self._purpose, statement_timeout_secs=5)
+        return db.connect(self.direct_url, self._purpose, statement_timeout_secs=5)
 
     def _deregister(self) -> None:
         try:

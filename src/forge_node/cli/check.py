@@ -6,6 +6,7 @@ import typer
 
 from .. import db
 from ..app import load_app
+from ..config import Config
 from ..errors import EXIT_FAILURE, EXIT_USAGE, AppLoadError, ForgeNodeError
 from .common import DEFAULT_CONFIG, ConfigPath, database_url, error, fail, load_config
 
@@ -32,3 +33,21 @@ def check(config_path: ConfigPath = DEFAULT_CONFIG) -> None:
         raise typer.Exit(EXIT_FAILURE) from None
     where = "the embedded PostgreSQL" if config.uses_embedded_database else db.redact(url)
     print(f"ok: database {where} answers (PostgreSQL {version})")
+    if config.database.direct_url:
+        check_direct_url(config)
+
+
+def check_direct_url(config: Config) -> None:
+    """Behind a transaction-mode pooler: say which work goes where, and that both answer."""
+    direct = config.database.direct_url
+    try:
+        with db.connect(direct, "check") as conn:
+            conn.execute("SELECT 1")
+    except ForgeNodeError as exc:
+        error(f"database.direct_url: {exc}")
+        raise typer.Exit(EXIT_FAILURE) from None
+    print(f"ok: direct {db.redact(direct)} answers")
+    print(f"connections: functions, job claims and completions and jobs' own work go through "
+          f"{db.redact(config.database.url)} (a transaction-mode pooler: no prepared "
+          f"statements, timeouts set per transaction); migrations, leader locks, LISTEN and "
+          f"the node registry go direct to {db.redact(direct)}")

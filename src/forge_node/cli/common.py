@@ -86,6 +86,12 @@ def database_url(config: Config) -> Iterator[str]:
         server.stop()
 
 
+def direct_url(config: Config, url: str) -> str:
+    """Where session work goes (locks, LISTEN, migrations): `[database] direct_url` when the
+    node reaches PostgreSQL through a transaction-mode pooler, else the database's URL."""
+    return config.database.direct_url or url
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], empty: str) -> str:
     """Rows aligned under their headers, or one line saying there is nothing."""
     if not rows:

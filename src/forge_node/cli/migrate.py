@@ -6,7 +6,7 @@ import typer
 
 from ..errors import EXIT_FAILURE, ForgeNodeError
 from ..migrations import Migrator, all_migrations
-from .common import DEFAULT_CONFIG, ConfigPath, database_url, fail, load_config
+from .common import DEFAULT_CONFIG, ConfigPath, database_url, direct_url, fail, load_config
 
 app = typer.Typer(help="Apply, revert or list migrations.", no_args_is_help=True)
 
@@ -15,7 +15,7 @@ def _migrator_run(config_path, action):
     config = load_config(config_path)
     try:
         with database_url(config) as url:
-            return action(Migrator(url, all_migrations(config.root)))
+            return action(Migrator(direct_url(config, url), all_migrations(config.root)))
     except ForgeNodeError as exc:
         fail(exc, EXIT_FAILURE)
 

@@ -13,7 +13,7 @@ from ..errors import EXIT_CONFIG, ForgeNodeError
 from ..live import sync_triggers
 from ..migrations import Migrator, all_migrations
 from ..observability import logs
-from .common import DEFAULT_CONFIG, ConfigPath, database_url, fail, load_config
+from .common import DEFAULT_CONFIG, ConfigPath, database_url, direct_url, fail, load_config
 
 log = logging.getLogger("forge_node")
 
@@ -35,9 +35,10 @@ def run(config_path: ConfigPath = DEFAULT_CONFIG) -> None:
         app = load_app(config.root, config.project.app)
         app.check(config)  # before an embedded PostgreSQL is started for nothing
         with database_url(config) as url:
-            Migrator(url, all_migrations(config.root)).up(
+            direct = direct_url(config, url)
+            Migrator(direct, all_migrations(config.root)).up(
                 then=lambda conn: sync_triggers(conn, app))
-            code = Supervisor(config, url, app, node).run()
+            code = Supervisor(config, url, direct, app, node).run()
     except ForgeNodeError as exc:
         fail(exc)
     raise typer.Exit(code)

@@ -72,7 +72,11 @@ class GatewayDeps:
     @classmethod
     def build(cls, config: Config, database_url: str, registry: AppRegistry,
               telemetry: Telemetry, drain: DrainFlag, purpose: str,
-              node_id: UUID) -> GatewayDeps:
+              node_id: UUID, direct_url: str | None = None) -> GatewayDeps:
+        """`direct_url`: for live updates' LISTEN, when `database_url` goes through a
+        transaction-mode pooler."""
+        direct_url = direct_url or database_url
+        pooled = direct_url != database_url
         runner = hub = None
         if "function" in config.node.roles:
             runner = FunctionRunner.for_urls(
@@ -81,14 +85,14 @@ class GatewayDeps:
                 pool_size=config.database.pool_size,
                 statement_timeout_secs=config.database.statement_timeout_secs,
                 threads=config.gateway.threads, purpose=purpose, telemetry=telemetry,
-                replica_max_lag_secs=config.database.replica_max_lag_secs)
+                replica_max_lag_secs=config.database.replica_max_lag_secs, pooled=pooled)
             runner.open()
-            hub = LiveHub(config.gateway.subscriptions, registry, runner, node_id, database_url,
+            hub = LiveHub(config.gateway.subscriptions, registry, runner, node_id, direct_url,
                           config.gateway.workers)
             drain.on_drain.append(hub.shutdown)
         verifier = TokenVerifier(config.auth) if config.auth.configured else None
-        return cls(config, registry, telemetry, db.Probe(database_url, f"{purpose} ready"),
-                   runner, verifier, drain, hub)
+        probe = db.Probe(database_url, f"{purpose} ready", pooled=pooled)
+        return cls(config, registry, telemetry, probe, runner, verifier, drain, hub)
 
     def readiness(self) -> tuple[bool, bool]:
         return self.database.fetch() is not None, not self.drain.draining

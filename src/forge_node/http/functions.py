@@ -58,6 +58,7 @@ class FunctionRunner:
         self.async_pools = async_pools
         self.replicas = replicas
         self._watching_replicas: asyncio.Task | None = None
+        self.default_timeout_secs: float | None = None  # set per transaction when not None
         self.telemetry = telemetry
         self.metrics = telemetry.metrics
         self.threads = concurrent.futures.ThreadPoolExecutor(max_workers=threads,
@@ -67,22 +68,29 @@ class FunctionRunner:
     @classmethod
     def for_urls(cls, url: str, replica_urls: tuple[str, ...], *, pool_size: int,
                  statement_timeout_secs: float, threads: int, purpose: str,
-                 telemetry: Telemetry, replica_max_lag_secs: float = 10) -> FunctionRunner:
+                 telemetry: Telemetry, replica_max_lag_secs: float = 10,
+                 pooled: bool = False) -> FunctionRunner:
         """The process opens at most `pool_size` connections per database: a `def` function
         holds one of its thread's (up to `threads` of them, leaving one at least), `async def`
         functions and live updates share the rest."""
         targets = [(url, purpose), *((u, f"{purpose} replica") for u in replica_urls)]
         for_threads = max(1, min(threads, pool_size - 1))
+        # the primary's URL may go through a transaction-mode pooler (`pooled`); replicas not
         pools = [db.create_pool(target, name, max_size=for_threads,
                                 statement_timeout_secs=statement_timeout_secs,
-                                configure=_configure_connection) for target, name in targets]
+                                configure=_configure_connection, pooled=pooled and i == 0)
+                 for i, (target, name) in enumerate(targets)]
         async_pools = [db.create_async_pool(target, name, max_size=max(1, pool_size - for_threads),
                                             statement_timeout_secs=statement_timeout_secs,
-                                            configure=_configure_async_connection)
-                       for target, name in targets]
+                                            configure=_configure_async_connection,
+                                            pooled=pooled and i == 0)
+                       for i, (target, name) in enumerate(targets)]
         replicas = ReplicaHealth(replica_urls, replica_max_lag_secs, purpose) \
             if replica_urls else None
-        return cls(pools, async_pools, threads, telemetry, replicas)
+        runner = cls(pools, async_pools, threads, telemetry, replicas)
+        if pooled:  # no session settings through a pooler: the timeout goes per transaction
+            runner.default_timeout_secs = statement_timeout_secs
+        return runner
 
     def open(self) -> None:
         """Open the synchronous pools; the async ones open inside the event loop, on first use."""
@@ -202,8 +210,9 @@ class FunctionRunner:
                     if conn.read_only != read_only:  # BEGIN READ ONLY, with the first query
                         conn.read_only = read_only
                     conn.statement_ran = False
-                    if spec.timeout_secs is not None:
-                        conn.execute(_SET_TIMEOUT, [_timeout_ms(spec)])
+                    timeout_ms = self._timeout_ms(spec)
+                    if timeout_ms is not None:
+                        conn.execute(db.SET_LOCAL_TIMEOUT, [timeout_ms])
                         conn.statement_ran = False  # forge-node's own statement
                     yield conn
                 finally:
@@ -248,6 +257,13 @@ class FunctionRunner:
         except (PoolTimeout, psycopg.OperationalError):
             raise _unavailable() from None
 
+    def _timeout_ms(self, spec: FunctionSpec) -> str | None:
+        """The bound of the call's transaction when it needs one of its own: the function's
+        timeout_secs, or behind a pooler the default (no session settings there)."""
+        seconds = spec.timeout_secs if spec.timeout_secs is not None \
+            else self.default_timeout_secs
+        return None if seconds is None else str(int(seconds * 1000))
+
     def _pick(self, pools: list, spec: FunctionSpec) -> Any:
         """The primary, or for a query a replica that its last check found usable."""
         if spec.kind == "query" and self.replicas is not None:
@@ -274,8 +290,9 @@ class FunctionRunner:
                 if conn.read_only != read_only:
                     await conn.set_read_only(read_only)
                 conn.statement_ran = False
-                if spec.timeout_secs is not None:
-                    await conn.execute(_SET_TIMEOUT, [_timeout_ms(spec)])
+                timeout_ms = self._timeout_ms(spec)
+                if timeout_ms is not None:
+                    await conn.execute(db.SET_LOCAL_TIMEOUT, [timeout_ms])
                     conn.statement_ran = False  # forge-node's own statement
                 yield conn
         except psycopg.OperationalError as exc:
@@ -299,11 +316,6 @@ def _call(spec: FunctionSpec, ctx: FunctionContext, args: dict, deadline: float 
 
 
 
-_SET_TIMEOUT = "SELECT set_config('statement_timeout', %s, true)"
-
-
-def _timeout_ms(spec: FunctionSpec) -> str:
-    return str(int(spec.timeout_secs * 1000))
 
 
 class _Statement:

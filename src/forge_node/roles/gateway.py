@@ -187,7 +187,7 @@ class GatewayServer(BaseApplication):
                                          "gateway", str(ctx.node_id))
         deps = GatewayDeps.build(ctx.config, ctx.database_url, ctx.app, self.telemetry,
                                  self.drain, f"gateway {str(ctx.node_id)[:8]} pid {os.getpid()}",
-                                 ctx.node_id)
+                                 ctx.node_id, direct_url=ctx.direct_url)
         app = create_app(deps)
         # What the worker has built so far lives as long as it does: out of the cyclic GC's
         # sight, every full collection has that much less to scan (thousands of open streams

@@ -46,10 +46,11 @@ class MonitorProcess(RoleProcess):
         self.server = None
         if "gateway" not in ctx.config.node.roles:
             self.status = db.Probe(ctx.database_url, self.purpose,
-                                   lambda conn: cluster.node_status(conn, ctx.node_id) or "")
+                                   lambda conn: cluster.node_status(conn, ctx.node_id) or "",
+                                   pooled=ctx.pooled)
             self.server = self.probe_server()
         if ctx.config.observability.exports("metrics"):
-            NodeGauges(ctx.database_url, ctx.node_id, ctx.config, self.purpose).register(
+            NodeGauges(ctx.direct_url, ctx.node_id, ctx.config, self.purpose).register(
                 self.telemetry.meter)
 
     def probe_server(self) -> WSGIServer:

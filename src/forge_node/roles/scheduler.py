@@ -40,11 +40,12 @@ class SchedulerProcess(RoleProcess):
         super().boot()
         ctx = self.ctx
         self.crons = list(ctx.app.crons.values())
-        self.election = LeaderElection(ctx.database_url, "scheduler", ctx.node_id, self.purpose)
-        self.listener = Listener(ctx.database_url, (LEADER_CHANNEL,), self.purpose)
+        self.election = LeaderElection(ctx.direct_url, "scheduler", ctx.node_id, self.purpose)
+        self.listener = Listener(ctx.direct_url, (LEADER_CHANNEL,), self.purpose)
         self.next_fire: dict[str, datetime.datetime] = {}
         self.next_attempt = 0.0
-        self.db = db.Dedicated(ctx.database_url, self.purpose)  # for ticks; the lock has its own
+        # for ticks (the lock has its own): single transactions, fine through a pooler
+        self.db = db.Dedicated(ctx.database_url, self.purpose, pooled=ctx.pooled)
 
     def run_once(self) -> None:
         self.read_notifications()

@@ -40,7 +40,6 @@ from ..process import RoleProcess
 
 log = logging.getLogger(__name__)
 
-SET_TIMEOUT = "SELECT set_config('statement_timeout', %s, true)"
 CANCEL_CHECK_SECS = 1.0
 DRAIN_MARGIN_SECS = 1.0      # finish draining this long before the supervisor's SIGKILL
 
@@ -64,10 +63,10 @@ class WorkerProcess(RoleProcess):
         self.handler_db = db.create_pool(
             ctx.database_url, f"{self.purpose} jobs", min_size=0,
             max_size=min(slots + 2, config.database.pool_size),
-            statement_timeout_secs=config.database.statement_timeout_secs)
+            statement_timeout_secs=config.database.statement_timeout_secs, pooled=ctx.pooled)
         self.handler_db.open(wait=False)
-        self.listener = Listener(ctx.database_url, (NOTIFY_CHANNEL, CANCEL_CHANNEL), self.purpose)
-        self.queue_db = db.Dedicated(ctx.database_url, self.purpose)
+        self.listener = Listener(ctx.direct_url, (NOTIFY_CHANNEL, CANCEL_CHANNEL), self.purpose)
+        self.queue_db = db.Dedicated(ctx.database_url, self.purpose, pooled=ctx.pooled)
         self.reclaimed = False
         self.next_poll = 0.0
         self.next_cancel_check = 0.0
@@ -291,7 +290,9 @@ class WorkerProcess(RoleProcess):
         the default back)."""
         with self.handler_db.connection() as conn:
             if job.timeout_secs is not None:
-                conn.execute(SET_TIMEOUT, [str(int(job.timeout_secs * 1000))])
+                db.set_local_timeout(conn, job.timeout_secs)
+            elif self.ctx.pooled:  # no session settings through a pooler: per transaction
+                db.set_local_timeout(conn, self.ctx.config.database.statement_timeout_secs)
             yield conn
 
     def report(self, outcome: Outcome) -> None:
