@@ -3,6 +3,9 @@
 `conn.notifies()` raises when PostgreSQL restarts; the listener then drops the connection,
 and the next `poll()` connects and LISTENs again, at most once every RETRY_SECS. Its caller
 treats every reconnect as "something may have been missed" and polls the queue once.
+
+It logs to the logger of the role that uses it (the worker's, the scheduler's), so an
+operator reading `listener.lost` sees which role went deaf.
 """
 
 from __future__ import annotations
@@ -15,14 +18,14 @@ import psycopg
 from . import db
 from .errors import DatabaseUnavailable
 
-log = logging.getLogger(__name__)
-
 RETRY_SECS = 1.0
 
 
 class Listener:
-    def __init__(self, url: str, channels: tuple[str, ...], purpose: str) -> None:
+    def __init__(self, url: str, channels: tuple[str, ...], purpose: str,
+                 log: logging.Logger) -> None:
         self.channels = channels
+        self.log = log
         self._db = db.Dedicated(url, purpose, on_open=self._listen)
         self._lost = False
         self._retry_at = 0.0
@@ -53,18 +56,18 @@ class Listener:
             self._db.get()
         except (DatabaseUnavailable, psycopg.Error) as exc:
             if not self._lost:
-                log.warning("cannot listen for wake-ups: %s; polling meanwhile",
-                            db.first_line(exc), extra={"event": "worker.listener_lost"})
+                self.log.warning("cannot listen for wake-ups: %s; polling meanwhile",
+                            db.first_line(exc), extra={"event": "listener.lost"})
             self._lost = True
             return None
         if self._lost:
-            log.info("listening for wake-ups again", extra={"event": "worker.listener_back"})
+            self.log.info("listening for wake-ups again", extra={"event": "listener.back"})
         self._lost = False
         return None
 
     def _drop(self, exc: Exception) -> None:
-        log.warning("lost the wake-up connection: %s", db.first_line(exc),
-                    extra={"event": "worker.listener_lost"})
+        self.log.warning("lost the wake-up connection: %s", db.first_line(exc),
+                         extra={"event": "listener.lost"})
         self._lost = True
         self.close()
 

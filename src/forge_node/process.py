@@ -177,18 +177,18 @@ class RoleProcess:
         except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable) as exc:
             if self.database_lost_at is None:
                 log.warning("%s lost the database: %s; retrying", self.role, db.first_line(exc),
-                            extra={"event": f"{self.role}.database_lost"})
+                            extra={"event": "role.database_lost"})
             self.database_lost_at = now
             self.database_lost()
             return False
         except psycopg.Error:
             log.exception("a %s step failed; retrying", self.role,
-                          extra={"event": f"{self.role}.step_failed"})
+                          extra={"event": "role.step_failed"})
             self.database_lost_at = now  # wait a moment before the next try
             return False
         if self.database_lost_at is not None:
             log.info("%s reached the database again", self.role,
-                     extra={"event": f"{self.role}.database_back"})
+                     extra={"event": "role.database_back"})
             self.database_lost_at = None
         return True
 

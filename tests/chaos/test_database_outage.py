@@ -73,12 +73,14 @@ def test_roles_wait_for_the_database_without_spinning(make_app, start_node, own_
     own_postgres.stop()
     try:
         for role in ("worker", "scheduler"):
-            node.wait_for_event(f"{role}.database_lost", timeout=10)
+            node.wait_for_event("role.database_lost", timeout=10,
+                                 where=lambda e, role=role: e.get("role") == role)
         shares = cpu_shares(node_processes(node), 4.0)
         assert not over(shares, 0.02), f"busy while the database is down: {over(shares, 0.02)}"
     finally:
         own_postgres.start()
-    node.wait_for_event("worker.database_back", timeout=20)
+    node.wait_for_event("role.database_back", timeout=20,
+                        where=lambda e: e.get("role") == "worker")
 
 
 FAULTS_MODULE = '''

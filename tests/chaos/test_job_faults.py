@@ -99,7 +99,8 @@ def test_workers_keep_working_across_a_postgres_restart(make_app, start_node, ow
     try:
         with psycopg.connect(url, autocommit=True) as db:
             Migrator(url, all_migrations(app.root)).up()
-            node.wait_for_event("worker.listener_back", timeout=30)
+            node.wait_for_event("listener.back", timeout=30,
+                                where=lambda e: e.get("role") == "worker")
             job_id = forge.enqueue(db, "once", {"key": "after-restart"})
             wait_for_jobs(db, [job_id], timeout=10)  # woken by NOTIFY: the poll is 60 s away
     finally:

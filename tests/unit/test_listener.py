@@ -3,6 +3,7 @@ not on every turn of the loop that polls it."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -38,13 +39,15 @@ def refusing_server() -> Iterator[tuple[int, list[int]]]:
 
 
 def test_a_failed_connect_is_retried_after_a_second_not_on_every_poll(refusing_server,
-                                                                         monkeypatch):
+                                                                         monkeypatch, caplog):
     port, accepts = refusing_server
     clock = [1000.0]
     monkeypatch.setattr("forge_node.listener.time.monotonic", lambda: clock[0])
     listener = Listener(f"postgresql://u@127.0.0.1:{port}/db?connect_timeout=2",
-                        ("forge_jobs",), "test")
+                        ("forge_jobs",), "test", logging.getLogger("forge_node.roles.worker"))
     assert listener.poll() is None  # tried, failed: the caller polls the queue meanwhile
+    [lost] = [r for r in caplog.records if getattr(r, "event", None) == "listener.lost"]
+    assert lost.name == "forge_node.roles.worker"  # the role that uses it, not the listener
     attempts = len(accepts)
     assert attempts >= 1
     assert all(listener.poll() == [] for _ in range(50))

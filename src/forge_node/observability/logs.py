@@ -2,7 +2,7 @@
 
 Every line carries the process's role and node id, and inside a request or a job its
 trace_id, span_id and request_id or job_id; `extra={...}` fields passed to a logging call
-become fields of the line, so `log.info("...", extra={"event": "child.exited"})` gives an
+become fields of the line, so `log.info("...", extra={"event": "role.started"})` gives an
 operator something to filter on. Secrets never go into `extra`.
 
 Console lines always work, whatever [observability] says; with logs exported, the same

@@ -41,7 +41,7 @@ class SchedulerProcess(RoleProcess):
         ctx = self.ctx
         self.crons = list(ctx.app.crons.values())
         self.election = LeaderElection(ctx.direct_url, "scheduler", ctx.node_id, self.purpose)
-        self.listener = Listener(ctx.direct_url, (LEADER_CHANNEL,), self.purpose)
+        self.listener = Listener(ctx.direct_url, (LEADER_CHANNEL,), self.purpose, log)
         self.next_fire: dict[str, datetime.datetime] = {}
         self.next_attempt = 0.0
         # for ticks (the lock has its own): single transactions, fine through a pooler

@@ -65,7 +65,8 @@ class WorkerProcess(RoleProcess):
             max_size=min(slots + 2, config.database.pool_size),
             statement_timeout_secs=config.database.statement_timeout_secs, pooled=ctx.pooled)
         self.handler_db.open(wait=False)
-        self.listener = Listener(ctx.direct_url, (NOTIFY_CHANNEL, CANCEL_CHANNEL), self.purpose)
+        self.listener = Listener(ctx.direct_url, (NOTIFY_CHANNEL, CANCEL_CHANNEL), self.purpose,
+                                 log)
         self.queue_db = db.Dedicated(ctx.database_url, self.purpose, pooled=ctx.pooled)
         self.reclaimed = False
         self.next_poll = 0.0
@@ -188,7 +189,7 @@ class WorkerProcess(RoleProcess):
         level = logging.ERROR if status == "dead" else logging.WARNING
         log.log(level, "job %d (%s) attempt %d/%d failed: %s; now %s", job.id, job.type,
                 job.attempt, job.max_attempts, outcome.error.splitlines()[0], status,
-                extra={"event": f"job.{'dead' if status == 'dead' else 'failed'}",
+                extra={"event": "job.dead" if status == "dead" else "job.failed",
                        "job_id": job.id, "job_type": job.type, "status": status})
 
     def finish_span(self, outcome: Outcome, result: str) -> None:
