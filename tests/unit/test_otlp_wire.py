@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1 import trace_pb2
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, TracerProvider
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
 
 from forge_node.observability import otlp_wire
 from forge_node.observability.spans import RecordedSpan
@@ -28,8 +39,8 @@ def attributes(key_values):
 
 def parse(spans, resource=None):
     body = otlp_wire.export_request(otlp_wire.resource(resource or {}),
-                                    otlp_wire.scope("forge_node", "1.2.3"),
-                                    [otlp_wire.span(s) for s in spans])
+                                    [(otlp_wire.scope("forge_node", "1.2.3"),
+                                      [otlp_wire.span(s) for s in spans])])
     return ExportTraceServiceRequest.FromString(body)
 
 
@@ -94,3 +105,44 @@ def test_values_kept_from_earlier_spans_never_leak_into_later_ones():
          "flag": [1, True, 1.0][number % 3], "other": f"request-{number}"}
         for number in range(1, 201)]
     assert [type(attributes(span.attributes)["flag"]) for span in out[:3]] == [bool, float, int]
+
+
+def test_an_sdk_span_with_what_only_the_sdk_has():
+    """The app's spans come from the SDK: links, a trace state, array values, events and the
+    counts its limits dropped parse back as the SDK recorded them."""
+    ended = []
+
+    class Keep(SpanProcessor):
+        def on_end(self, span):
+            ended.append(span)
+
+    provider = TracerProvider(span_limits=SpanLimits(max_span_attributes=3),
+                              shutdown_on_exit=False)
+    provider.add_span_processor(Keep())
+    tracer = provider.get_tracer("shop.payments", "2.0")
+    parent = SpanContext(TRACE_ID, 0x00F067AA0BA902B7, is_remote=True,
+                         trace_flags=TraceFlags(1), trace_state=TraceState([("vendor", "x")]))
+    linked = SpanContext(TRACE_ID + 1, 0x1111, is_remote=True, trace_flags=TraceFlags(1))
+    with tracer.start_as_current_span(
+            "charge-card", context=set_span_in_context(NonRecordingSpan(parent)),
+            links=[Link(linked, {"why": "retry"})]) as span:
+        span.set_attributes({"dropped": 2, "tags": ("a", "b"), "amounts": [1, 2], "n": 1})
+        span.add_event("authorised", {"code": "00"})
+    [sdk] = ended
+    body = otlp_wire.export_request(otlp_wire.resource({}), [
+        (otlp_wire.scope("shop.payments", "2.0"), [otlp_wire.sdk_span(sdk)])])
+    [scope_spans] = ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans
+    assert (scope_spans.scope.name, scope_spans.scope.version) == ("shop.payments", "2.0")
+    [out] = scope_spans.spans
+    assert out.parent_span_id.hex() == "00f067aa0ba902b7"
+    assert out.trace_state == "vendor=x"
+    assert [[v.string_value for v in kv.value.array_value.values] for kv in out.attributes
+            if kv.key == "tags"] == [["a", "b"]]
+    assert out.dropped_attributes_count == 1
+    [event] = out.events
+    assert (event.name, attributes(event.attributes)) == ("authorised", {"code": "00"})
+    [link] = out.links
+    assert (int.from_bytes(link.trace_id, "big"), link.span_id.hex()) == \
+        (TRACE_ID + 1, "0000000000001111")
+    assert attributes(link.attributes) == {"why": "retry"}
+

@@ -20,9 +20,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from opentelemetry import trace
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind, set_span_in_context
 
-from forge_node.observability.spans import OtlpHttpSender, SpanShipper
+from forge_node.observability.spans import (
+    OtlpHttpSender,
+    RatioSampler,
+    ShipperProcessor,
+    SpanFactory,
+    SpanShipper,
+)
 
 
 class Collector:
@@ -236,3 +246,30 @@ def test_an_export_thread_with_a_bad_batch_setting_still_sleeps(collectors, capl
               if getattr(r, "event", "") == "telemetry.bad_setting"}
     assert warned == {"OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
                       "OTEL_BSP_MAX_QUEUE_SIZE"}
+
+
+def test_the_sdks_spans_go_out_in_forge_nodes_batches_under_their_own_scope(collectors):
+    """A span of the app (the SDK's) and one of forge-node's, queued together, leave in one
+    request, one scope each; `force_flush` on the provider sends them at once."""
+    collector = start(collectors)
+    shipper = SpanShipper(OtlpHttpSender(collector.url, 5.0, environ={}),
+                          Resource.create({"service.name": "shop"}), "forge_node", "0",
+                          environ={"OTEL_BSP_SCHEDULE_DELAY": "60000"})
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(ShipperProcessor(shipper))
+    try:
+        ours = SpanFactory(RatioSampler(1.0), shipper).start(
+            "fn.execute", trace.INVALID_SPAN_CONTEXT, SpanKind.INTERNAL, None)
+        with provider.get_tracer("shop").start_as_current_span(
+                "charge-card", context=set_span_in_context(ours)):
+            pass
+        ours.end()
+        assert provider.force_flush(5000)
+        [(_, _, body)] = collector.posts
+    finally:
+        shipper.shutdown()
+    [resource_spans] = ExportTraceServiceRequest.FromString(body).resource_spans
+    spans = {scope.scope.name: [(s.name, s.parent_span_id) for s in scope.spans]
+             for scope in resource_spans.scope_spans}
+    parent = ours.get_span_context().span_id.to_bytes(8, "big")
+    assert spans == {"forge_node": [("fn.execute", b"")], "shop": [("charge-card", parent)]}

@@ -52,6 +52,7 @@ EVENTS: dict[str, str] = {
     "gateway.connections_shed": "a gateway worker holds max_connections; new calls get 503",
     "telemetry.bad_setting": "an OTEL_BSP_* variable is not a positive integer; default used",
     "telemetry.export_failed": "spans could not be exported (at most once a minute)",
+    "telemetry.app_tracer_provider": "the app set its own TracerProvider; forge-node kept it",
     # requests and functions
     "http.request": "the access log: one line per request outside quiet_routes",
     "http.internal_error": "a request raised an unexpected exception (500)",

@@ -11,6 +11,15 @@ job, and its errors are logged at most once a minute (see logs.py). Without an
 `otlp_endpoint` the exporters read the standard OTEL_EXPORTER_OTLP_* variables; the other
 standard OTEL_* variables (batch delays, headers, timeouts, resource attributes) keep
 working where forge.toml says nothing.
+
+With traces exported, each process also registers the SDK's TracerProvider as the global
+one, so the spans the app's code and its instrumentation packages start through the
+OpenTelemetry API are children of the current forge-node span (the request's, the
+function's, the job's), follow its sampling decision (the same ParentBased(TraceIdRatioBased)
+rule), carry the node's resource, and are exported with forge-node's own spans in the same
+batches (spans.ShipperProcessor). The SDK's span limits (OTEL_SPAN_*, OTEL_ATTRIBUTE_*) apply
+to them, and span processors the app adds to the provider see them. A provider the app set
+itself before the fork is kept. Without traces the API stays the no-op default.
 """
 
 from __future__ import annotations
@@ -25,14 +34,25 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from .. import __version__
 from ..config import ObservabilityConfig
 from . import logs
 from .metrics import HistogramExporter, Metrics
-from .spans import OtlpHttpSender, RatioSampler, SpanFactory, SpanShipper, unrecorded_span
+from .spans import (
+    OtlpHttpSender,
+    RatioSampler,
+    ShipperProcessor,
+    SpanFactory,
+    SpanShipper,
+    unrecorded_span,
+)
 
 __all__ = ["Telemetry", "unrecorded_span"]
+
+log = logging.getLogger(__name__)
 
 SCOPE = "forge_node"
 EXPORT_TIMEOUT_SECS = 5.0
@@ -53,6 +73,7 @@ class Telemetry:
             "service.name": service, "service.version": __version__,
             "service.instance.id": node_id, "forge.role": role, "process.pid": os.getpid()})
         shipper = _span_shipper(config, resource)
+        tracer_provider = _tracer_provider(config, resource, shipper)
         meter_provider, histogram_exporter = _meter_provider(config, resource)
         logger_provider = _logger_provider(config, resource)
         meter = (meter_provider or metrics_api.NoOpMeterProvider()).get_meter(SCOPE, __version__)
@@ -60,7 +81,9 @@ class Telemetry:
         if meter_provider is not None:
             histogram_exporter.histograms = metrics.histograms
         sampler = RatioSampler(config.sampling_ratio) if shipper else None
-        shutdowns = tuple(p.shutdown for p in (shipper, meter_provider, logger_provider) if p)
+        # the provider first: processors the app added flush before the shipper stops
+        shutdowns = tuple(p.shutdown for p in (tracer_provider, shipper, meter_provider,
+                                               logger_provider) if p)
         return cls(SpanFactory(sampler, shipper), metrics, meter, shutdowns,
                    logger_provider is not None)
 
@@ -89,7 +112,7 @@ class Telemetry:
             try:
                 shutdown()
             except Exception:  # a collector that is down must not fail a clean stop
-                logging.getLogger(__name__).debug("telemetry shutdown failed", exc_info=True)
+                log.debug("telemetry shutdown failed", exc_info=True)
         logs.detach_otlp_handler()
 
 
@@ -104,6 +127,24 @@ def _span_shipper(config: ObservabilityConfig, resource: Resource) -> SpanShippe
         return None
     sender = OtlpHttpSender(_endpoint(config, "traces"), EXPORT_TIMEOUT_SECS)
     return SpanShipper(sender, resource, SCOPE, __version__)
+
+
+def _tracer_provider(config: ObservabilityConfig, resource: Resource,
+                     shipper: SpanShipper | None) -> TracerProvider | None:
+    """The process's global TracerProvider, feeding forge-node's shipper; None without traces,
+    or when the app set a provider of its own before the fork (the API allows one)."""
+    if shipper is None:
+        return None
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        log.info("the app set its own TracerProvider: its spans go where it sends them, "
+                 "in forge-node's traces", extra={"event": "telemetry.app_tracer_provider"})
+        return None
+    provider = TracerProvider(
+        resource=resource, shutdown_on_exit=False,  # Telemetry.shutdown flushes it
+        sampler=ParentBased(TraceIdRatioBased(config.sampling_ratio)))
+    provider.add_span_processor(ShipperProcessor(shipper))
+    trace.set_tracer_provider(provider)
+    return provider
 
 
 def _meter_provider(config: ObservabilityConfig, resource: Resource,

@@ -7,6 +7,10 @@ pairs whose values come from a small set (methods, routes, status codes, functio
 outcomes), which are encoded once and kept. The field numbers are those of
 opentelemetry/proto/trace/v1/trace.proto and common.proto; tests/unit/test_otlp_wire.py
 parses the output with opentelemetry-proto to prove it.
+
+The SDK's spans (the app's own, instrumentation packages') are written by `sdk_span` into the
+same requests, under their own instrumentation scopes, with what forge-node's spans never
+have: a trace state, links, array values and the counts the SDK's limits dropped.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 
 _VARINT, _FIXED64, _BYTES, _FIXED32 = 0, 1, 2, 5
 _KINDS = {SpanKind.INTERNAL: 1, SpanKind.SERVER: 2, SpanKind.CLIENT: 3, SpanKind.PRODUCER: 4,
@@ -39,11 +44,12 @@ class EncodableSpan(Protocol):
     end_time: int | None
 
 
-def export_request(resource_attributes: bytes, scope: bytes, spans: Iterable[bytes]) -> bytes:
+def export_request(resource_attributes: bytes,
+                   spans_by_scope: Iterable[tuple[bytes, Iterable[bytes]]]) -> bytes:
     """ExportTraceServiceRequest{resource_spans: [{resource, scope_spans: [{scope, spans}]}]};
-    `spans` as `span` returns them."""
-    scope_spans = _field(1, scope) + b"".join(spans)
-    resource_spans = _field(1, resource_attributes) + _field(2, scope_spans)
+    each scope as `scope` returns it, its spans as `span` or `sdk_span` return them."""
+    resource_spans = _field(1, resource_attributes) + b"".join(
+        _field(2, _field(1, scope) + b"".join(spans)) for scope, spans in spans_by_scope)
     return _field(1, resource_spans)
 
 
@@ -59,6 +65,37 @@ def scope(name: str, version: str) -> bytes:
 
 def span(span: EncodableSpan) -> bytes:
     """The span as ScopeSpans' repeated `spans` field (number 2), ready to join."""
+    return _framed(_span_fields(span, span.events))
+
+
+def sdk_span(span: ReadableSpan) -> bytes:
+    """An ended span of the OpenTelemetry SDK, as `span` writes forge-node's."""
+    out = _span_fields(span, [(e.name, e.attributes, e.timestamp) for e in span.events])
+    trace_state = span.context.trace_state
+    if trace_state:
+        out.append(_field(3, trace_state.to_header().encode()))
+    out += [_field(13, _link(link)) for link in span.links]
+    for number, count in ((10, span.dropped_attributes), (12, span.dropped_events),
+                          (14, span.dropped_links)):
+        if count:
+            out.append(_tag(number, _VARINT) + _varint(count))
+    return _framed(out)
+
+
+def _link(link: Link) -> bytes:
+    """A Span.Link message's body."""
+    context = link.context
+    out = _IDS.pack(*_IDS_TAGS[0], context.trace_id >> 64, context.trace_id & _UINT64,
+                    *_IDS_TAGS[1], context.span_id) + attributes_of(link.attributes or {}, 4)
+    if context.trace_state:
+        out += _field(3, context.trace_state.to_header().encode())
+    if link.dropped_attributes:
+        out += _tag(5, _VARINT) + _varint(link.dropped_attributes)
+    return out + _LINK_FLAGS + _UINT32.pack(int(context.trace_flags))
+
+
+def _span_fields(span: EncodableSpan, events: Iterable[tuple[str, Any, int]]) -> list[bytes]:
+    """A span's fields, each encoded, in a list the SDK's spans add theirs to."""
     context = span.context
     trace_id = context.trace_id
     out = [_IDS.pack(*_IDS_TAGS[0], trace_id >> 64, trace_id & _UINT64, *_IDS_TAGS[1],
@@ -72,7 +109,7 @@ def span(span: EncodableSpan) -> bytes:
             _TIMES.pack(_TIMES_TAGS[0], span.start_time, _TIMES_TAGS[1],
                         span.end_time or span.start_time),
             attributes_of(span.attributes, field=9)]
-    for event_name, attributes, at in span.events:
+    for event_name, attributes, at in events:
         out.append(_field(11, _EVENT_TIME.pack(_EVENT_TIME_TAG, at)
                           + _field(2, event_name.encode())
                           + attributes_of(attributes or {}, field=3)))
@@ -81,7 +118,11 @@ def span(span: EncodableSpan) -> bytes:
         description = _field(2, status.description.encode()) if status.description else b""
         out.append(_field(15, description + _STATUS_CODES[status.status_code]))
     out += [_FLAGS, _UINT32.pack(int(context.trace_flags))]
-    body = b"".join(out)
+    return out
+
+
+def _framed(fields: list[bytes]) -> bytes:
+    body = b"".join(fields)
     size = len(body)
     if size < 0x4000:  # one span is a few hundred bytes: a two-byte length at most
         return (bytes((_SPAN_TAG, size)) if size < 0x80
@@ -124,6 +165,8 @@ def _any_value(value: Any) -> bytes:
         return _INT_VALUE + _varint(value & _UINT64)
     if isinstance(value, float):
         return _DOUBLE_VALUE + _FIXED64_DOUBLE.pack(value)
+    if isinstance(value, (tuple, list)):  # the SDK's sequence attributes: an ArrayValue
+        return _field(5, b"".join(_field(1, _any_value(item)) for item in value))
     return _field(1, str(value).encode())
 
 
@@ -171,6 +214,7 @@ _TIMES_TAGS = (_tag(7, _FIXED64)[0], _tag(8, _FIXED64)[0])
 _EVENT_TIME = struct.Struct("<BQ")  # field 1: fixed64
 _EVENT_TIME_TAG = _tag(1, _FIXED64)[0]
 _FLAGS = _tag(16, _FIXED32)  # two bytes, then the fixed32
+_LINK_FLAGS = _tag(6, _FIXED32)
 _UINT32 = struct.Struct("<I")
 _KIND_FIELDS = {kind._value_: _tag(6, _VARINT) + _varint(number) for kind, number in _KINDS.items()}
 _SPAN_TAG = _tag(2, _BYTES)[0]

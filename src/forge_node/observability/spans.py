@@ -12,6 +12,11 @@ honouring the standard OTEL_EXPORTER_OTLP_* and OTEL_BSP_* variables. The queue 
 when the collector cannot keep up, spans are dropped, never a request slowed.
 Unsampled spans are NonRecordingSpans: ids for headers and log lines, nothing recorded.
 Metrics and logs use the SDK and its exporters (otel.py).
+
+The spans that the app's code and instrumentation packages start through the OpenTelemetry
+API are the SDK's (otel.py registers its TracerProvider): `ShipperProcessor` hands them to
+the same shipper, so they share forge-node's queue, export thread, connection, settings and
+batches, and forge-node's own spans keep their fast path.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util.re import parse_env_headers
@@ -135,20 +141,30 @@ class SpanShipper:
         self.scope = otlp_wire.scope(scope_name, scope_version)
         self.delay_secs = positive_setting(environ, "OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000
         self.batch = positive_setting(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)
-        self.queue: collections.deque[RecordedSpan] = collections.deque(
+        self.scopes: dict[Any, bytes] = {}  # the SDK's instrumentation scopes, encoded
+        self.queue: collections.deque[RecordedSpan | ReadableSpan] = collections.deque(
             maxlen=positive_setting(environ, "OTEL_BSP_MAX_QUEUE_SIZE", 2048))
         self.dropped = 0
         self._wake = threading.Event()
+        self._flushing = False
+        self._flushed = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="forge-span-export", daemon=True)
         self._thread.start()
 
-    def add(self, span: RecordedSpan) -> None:
+    def add(self, span: RecordedSpan | ReadableSpan) -> None:
         if len(self.queue) == self.queue.maxlen:
             self.dropped += 1  # the deque drops the oldest: the collector cannot keep up
         self.queue.append(span)
         if len(self.queue) >= self.batch:
             self._wake.set()
+
+    def flush(self, timeout_secs: float) -> bool:
+        """Export everything queued now; whether that finished within the timeout."""
+        with self._flushed:
+            self._flushing = True
+            self._wake.set()
+            return self._flushed.wait_for(lambda: not self._flushing, timeout_secs)
 
     def shutdown(self, timeout_secs: float = 5.0) -> None:
         self._stopping = True
@@ -162,22 +178,60 @@ class SpanShipper:
         while not self._stopping:
             self._wake.wait(max(0.0, due - time.monotonic()))
             self._wake.clear()
-            everything = time.monotonic() >= due
+            flushing = self._flushing
+            everything = flushing or time.monotonic() >= due
             self._export(everything)
             if everything:
                 due = time.monotonic() + self.delay_secs
+            if flushing:
+                with self._flushed:
+                    self._flushing = False
+                    self._flushed.notify_all()
         self._export(everything=True)
 
     def _export(self, everything: bool) -> None:
         while len(self.queue) >= (1 if everything else self.batch):
-            spans = []
-            while self.queue and len(spans) < self.batch:
-                spans.append(otlp_wire.span(self.queue.popleft()))
-            self.sender.send(otlp_wire.export_request(self.resource, self.scope, spans),
-                             len(spans))
+            by_scope: dict[bytes, list[bytes]] = {self.scope: []}
+            count = 0
+            while self.queue and count < self.batch:
+                span = self.queue.popleft()
+                if type(span) is RecordedSpan:
+                    by_scope[self.scope].append(otlp_wire.span(span))
+                else:
+                    by_scope.setdefault(self._scope_of(span), []).append(
+                        otlp_wire.sdk_span(span))
+                count += 1
+            self.sender.send(otlp_wire.export_request(
+                self.resource, [(scope, spans) for scope, spans in by_scope.items() if spans]),
+                count)
         if self.dropped:
             self.sender.complain(f"dropped {self.dropped} spans: the collector does not keep up")
             self.dropped = 0
+
+
+    def _scope_of(self, span: ReadableSpan) -> bytes:
+        scope = span.instrumentation_scope
+        encoded = self.scopes.get(scope)
+        if encoded is None:
+            encoded = otlp_wire.scope(scope.name, scope.version or "") if scope else b""
+            if len(self.scopes) < 1024:  # scopes are the app's few tracers' names
+                self.scopes[scope] = encoded
+        return encoded
+
+
+class ShipperProcessor(SpanProcessor):
+    """Hands the SDK's ended, sampled spans to forge-node's shipper (see the module's
+    docstring). A span processor the app adds to the provider gets them as well."""
+
+    def __init__(self, shipper: SpanShipper) -> None:
+        self.shipper = shipper
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.context.trace_flags.sampled:
+            self.shipper.add(span)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.shipper.flush(timeout_millis / 1000)
 
 
 def positive_setting(environ: Mapping[str, str], name: str, default: int) -> int:
