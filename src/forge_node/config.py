@@ -224,6 +224,7 @@ class ObservabilityConfig:
     enable_metrics: bool = True
     enable_logs: bool = True
     metrics_interval_secs: float = 60
+    db_spans: bool = False  # a db.query span per SQL statement of functions and jobs
 
     def exports(self, signal: str) -> bool:
         """Whether `signal` ("traces", "metrics", "logs") is exported over OTLP."""

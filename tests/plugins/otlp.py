@@ -81,13 +81,18 @@ class OtlpReceiver:
                 self._logs(ExportLogsServiceRequest.FromString(body))
 
     def _spans(self, request: ExportTraceServiceRequest) -> None:
-        for resource, span in items_of(request.resource_spans, "scope_spans", "spans"):
-            self.spans.append({
-                "name": span.name, "trace_id": span.trace_id.hex(),
-                "span_id": span.span_id.hex(),
-                "parent_span_id": span.parent_span_id.hex() or None,
-                "attributes": attributes_of(span.attributes), "kind": span.kind,
-                "status": span.status.code, "resource": resource})
+        for resource_spans in request.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    self._span(attributes_of(resource_spans.resource.attributes),
+                               scope_spans.scope.name, span)
+
+    def _span(self, resource: dict[str, Any], scope: str, span: Any) -> None:
+        self.spans.append({
+            "name": span.name, "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
+            "parent_span_id": span.parent_span_id.hex() or None,
+            "attributes": attributes_of(span.attributes), "kind": span.kind,
+            "status": span.status.code, "resource": resource, "scope": scope})
 
     def _metrics(self, request: ExportMetricsServiceRequest) -> None:
         for resource, metric in items_of(request.resource_metrics, "scope_metrics", "metrics"):

@@ -75,14 +75,17 @@ class FunctionRunner:
         functions and live updates share the rest."""
         targets = [(url, purpose), *((u, f"{purpose} replica") for u in replica_urls)]
         for_threads = max(1, min(threads, pool_size - 1))
+        cursor, async_cursor = telemetry.cursor_classes()
         # the primary's URL may go through a transaction-mode pooler (`pooled`); replicas not
         pools = [db.create_pool(target, name, max_size=for_threads,
                                 statement_timeout_secs=statement_timeout_secs,
-                                configure=_configure_connection, pooled=pooled and i == 0)
+                                configure=functools.partial(_configure_connection, cursor=cursor),
+                                pooled=pooled and i == 0)
                  for i, (target, name) in enumerate(targets)]
         async_pools = [db.create_async_pool(target, name, max_size=max(1, pool_size - for_threads),
                                             statement_timeout_secs=statement_timeout_secs,
-                                            configure=_configure_async_connection,
+                                            configure=functools.partial(
+                                                _configure_async_connection, cursor=async_cursor),
                                             pooled=pooled and i == 0)
                        for i, (target, name) in enumerate(targets)]
         replicas = ReplicaHealth(replica_urls, replica_max_lag_secs, purpose) \
@@ -338,14 +341,15 @@ def _forget(future: asyncio.Future) -> None:
         future.exception()
 
 
-def _configure_connection(conn: psycopg.Connection) -> None:
+def _configure_connection(conn: psycopg.Connection, cursor: type[db.CountingCursor]) -> None:
     conn.row_factory = namedtuple_row  # rows answer to row[0] and row.name alike
-    conn.cursor_factory = db.CountingCursor
+    conn.cursor_factory = cursor
 
 
-async def _configure_async_connection(conn: psycopg.AsyncConnection) -> None:
+async def _configure_async_connection(conn: psycopg.AsyncConnection,
+                                      cursor: type[db.AsyncCountingCursor]) -> None:
     conn.row_factory = namedtuple_row
-    conn.cursor_factory = db.AsyncCountingCursor
+    conn.cursor_factory = cursor
 
 
 def _unavailable() -> ApiError:

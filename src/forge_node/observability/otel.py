@@ -37,9 +37,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-from .. import __version__
+from .. import __version__, db
 from ..config import ObservabilityConfig
-from . import logs
+from . import dbspans, logs
 from .metrics import HistogramExporter, Metrics
 from .spans import (
     OtlpHttpSender,
@@ -65,6 +65,7 @@ class Telemetry:
     meter: metrics_api.Meter
     _shutdowns: tuple
     exports_logs: bool = False
+    db_spans: bool = False  # functions' and jobs' statements get db.query spans (dbspans.py)
 
     @classmethod
     def start(cls, config: ObservabilityConfig, service: str, role: str,
@@ -85,11 +86,18 @@ class Telemetry:
         shutdowns = tuple(p.shutdown for p in (tracer_provider, shipper, meter_provider,
                                                logger_provider) if p)
         return cls(SpanFactory(sampler, shipper), metrics, meter, shutdowns,
-                   logger_provider is not None)
+                   logger_provider is not None, config.db_spans and shipper is not None)
 
     @property
     def tracing(self) -> bool:
         return self.spans.shipper is not None
+
+    def cursor_classes(self) -> tuple[type[db.CountingCursor], type[db.AsyncCountingCursor]]:
+        """The cursors for functions' connections: recording db.query spans when db_spans is
+        on, otherwise plain counting ones."""
+        if self.db_spans:
+            return dbspans.cursor_classes(self.spans)
+        return db.CountingCursor, db.AsyncCountingCursor
 
     @property
     def needs_span_context(self) -> bool:

@@ -63,7 +63,9 @@ class WorkerProcess(RoleProcess):
         self.handler_db = db.create_pool(
             ctx.database_url, f"{self.purpose} jobs", min_size=0,
             max_size=min(slots + 2, config.database.pool_size),
-            statement_timeout_secs=config.database.statement_timeout_secs, pooled=ctx.pooled)
+            statement_timeout_secs=config.database.statement_timeout_secs, pooled=ctx.pooled,
+            configure=functools.partial(_use_cursor, self.telemetry.cursor_classes()[0])
+            if self.telemetry.db_spans else None)  # db.query spans of the handlers' statements
         self.handler_db.open(wait=False)
         self.listener = Listener(ctx.direct_url, (NOTIFY_CHANNEL, CANCEL_CHANNEL), self.purpose,
                                  log)
@@ -350,6 +352,10 @@ class WorkerProcess(RoleProcess):
         if claimed:
             log.warning("could not give back %d jobs; they return to pending when this node "
                         "is declared dead", len(claimed), extra={"event": "worker.release_failed"})
+
+
+def _use_cursor(cursor: type[psycopg.Cursor], conn: psycopg.Connection) -> None:
+    conn.cursor_factory = cursor
 
 
 def _describe(exc: BaseException) -> str:
