@@ -184,10 +184,15 @@ def test_db_spans_record_each_statement_of_functions_and_jobs(node, otlp, db_spa
         "db.system.name": "postgresql", "db.operation.name": "SELECT",
         "db.query.text": "SELECT n FROM generate_series(?, %s) AS n WHERE n > ?",
         "db.response.returned_rows": 3}
-    [job_query] = job_queries
+    by_role = {q["resource"]["forge.role"]: q for q in job_queries}
+    assert len(by_role) == len(job_queries) == 2
+    # the enqueue is a statement of the function too (in the app's span)
+    assert by_role["gateway"]["attributes"]["db.operation.name"] == "INSERT"
+    assert by_role["gateway"]["parent_span_id"] == wait_for_span(
+        otlp, job_headers["x-trace-id"], "charge-card")["span_id"]
+    job_query = by_role["worker"]
     assert job_query["parent_span_id"] == receipt["span_id"]  # the app's span, current
     assert job_query["attributes"]["db.query.text"] == "SELECT %s::text AS sku, ? AS state"
-    assert job_query["resource"]["forge.role"] == "worker"
 
 
 def test_an_app_log_line_names_the_app_span_it_was_written_in(node, otlp):

@@ -28,6 +28,7 @@ _LITERALS = re.compile(r"""
     | \$(?P<tag>[A-Za-z_]\w*)?\$.*?\$(?P=tag)?\$  # a dollar-quoted string
     | (?<![\w$])\d+(?:\.\d*)?(?:[eE][-+]?\d+)?  # a number, not the digits of a name
     """, re.S | re.X)
+_LEADING_COMMENTS = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S)
 _MAX_REMEMBERED = 1024
 
 
@@ -44,7 +45,8 @@ def statement(query: str) -> Statement:
     known = _statements.get(query)
     if known is None:
         text = _LITERALS.sub("?", query).strip()
-        known = Statement(text, text.split(None, 1)[0].upper() if text else "")
+        words = text[_LEADING_COMMENTS.match(text).end():].split(None, 1)
+        known = Statement(text, words[0].upper() if words else "")
         if len(_statements) < _MAX_REMEMBERED:
             _statements[query] = known
     return known
