@@ -93,8 +93,8 @@ class Telemetry:
         return self.spans.shipper is not None
 
     def cursor_classes(self) -> tuple[type[db.CountingCursor], type[db.AsyncCountingCursor]]:
-        """The cursors for functions' connections: recording db.query spans when db_spans is
-        on, otherwise plain counting ones."""
+        """The cursors for functions' and jobs' connections (sync, async): recording db.query
+        spans when db_spans is on, otherwise plain counting ones."""
         if self.db_spans:
             return dbspans.cursor_classes(self.spans)
         return db.CountingCursor, db.AsyncCountingCursor

@@ -208,7 +208,6 @@ class SpanShipper:
             self.sender.complain(f"dropped {self.dropped} spans: the collector does not keep up")
             self.dropped = 0
 
-
     def _scope_of(self, span: ReadableSpan) -> bytes:
         scope = span.instrumentation_scope
         encoded = self.scopes.get(scope)
