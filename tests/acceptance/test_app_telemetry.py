@@ -53,6 +53,11 @@ def fetch(ctx, args):
 
 
 @forge.query(public=True)
+def provider(ctx, args):
+    return type(trace.get_tracer_provider()).__name__
+
+
+@forge.query(public=True)
 def numbers(ctx, args):
     return len(ctx.db.execute(
         "SELECT n FROM generate_series(1, %s) AS n WHERE n > 0", [args["n"]]).fetchall())
@@ -111,6 +116,7 @@ def wait_for_span(otlp, trace_id: str, name: str) -> dict:
 
 def test_app_spans_in_a_function_and_a_job_are_children_of_forge_nodes(node, otlp):
     started = node()
+    assert call(started.app.port, "provider")[2]["data"] == "TracerProvider"
     _, headers, body = call(started.app.port, "charge", {"sku": "A-1"})
     trace_id = headers["x-trace-id"]
     fn = wait_for_span(otlp, trace_id, "fn.execute")
@@ -207,3 +213,45 @@ def test_an_app_log_line_names_the_app_span_it_was_written_in(node, otlp):
     console = started.wait_for_event(None, where=lambda e: e.get("message") == "charging L-1")
     assert (console["trace_id"], console["span_id"], console["request_id"]) == \
         (trace_id, app_span_id, headers["x-request-id"])
+
+
+def test_without_traces_the_api_stays_the_no_op_default(node, otlp):
+    started = node(enable_traces=False)
+    assert call(started.app.port, "provider")[2]["data"] == "ProxyTracerProvider"
+    _, headers, body = call(started.app.port, "charge", {"sku": "N-1"})
+    # the app's span is OpenTelemetry's non-recording one, in the request's trace still
+    [line] = otlp.wait_for(lambda r: [rec for rec in r.logs if rec["body"] == "charging N-1"],
+                           message="log")
+    assert (line["trace_id"], line["span_id"]) == (headers["x-trace-id"], body["data"])
+
+
+OWN_PROVIDER = MODULE + '''
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+mine = InMemorySpanExporter()
+own = TracerProvider()
+own.add_span_processor(SimpleSpanProcessor(mine))
+trace.set_tracer_provider(own)
+
+
+@forge.query(public=True)
+def my_spans(ctx, args):
+    return [[s.name, format(s.context.trace_id, "032x")] for s in mine.get_finished_spans()]
+'''
+
+
+def test_a_provider_the_app_set_before_the_fork_is_kept(make_app, start_node, database_url,
+                                                       otlp):
+    app = make_app(module=OWN_PROVIDER, node={"roles": ["gateway", "function"]},
+                   observability={"enabled": True, "otlp_endpoint": otlp.url})
+    started = start_node(app, database_url, **FAST_EXPORT).wait_ready()
+    started.wait_for_event("telemetry.app_tracer_provider")
+    _, headers, _ = call(app.port, "charge", {"sku": "P-1"})
+    trace_id = headers["x-trace-id"]
+    # the app's span went to the app's exporter, in forge-node's trace; not to forge-node's
+    assert ["charge-card", trace_id] in call(app.port, "my_spans")[2]["data"]
+    wait_for_span(otlp, trace_id, "fn.execute")
+    assert in_trace(otlp, trace_id, "charge-card") == []
