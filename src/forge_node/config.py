@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import tomlkit
 import tomlkit.exceptions
+from psycopg.conninfo import conninfo_to_dict
 
+from . import redaction
 from .errors import ConfigError
 
 ROLES = ("gateway", "function", "worker", "scheduler")
@@ -44,9 +47,15 @@ def _at_least(value: float, minimum: float, key: str) -> list[str]:
 
 
 def _postgres_url(url: str, key: str) -> list[str]:
-    if url.startswith(("postgresql://", "postgres://")):
-        return []
-    return [f'{key} must be a postgresql:// URL, got "{url}"']
+    """A problem unless `url` is a postgresql:// URL libpq can read; never the password or
+    query it holds in the message."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return [f'{key} must be a postgresql:// URL, got "{redaction.scrub(url)}"']
+    try:
+        conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        return [f"{key} is not a valid URL: {redaction.scrub(str(exc).strip().splitlines()[0])}"]
+    return []
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,9 @@ class GatewayConfig:
     body_timeout_secs: float = 30
     max_json_depth: int = 64
     max_connections: int = 10_000
+    # the frontend's framing and referrer policies (API answers are JSON, framed by nothing)
+    frame_ancestors: str = "'none'"  # CSP frame-ancestors; "'self'" allows the app's own pages
+    referrer_policy: str = "no-referrer"
     subscriptions: SubscriptionsConfig = field(default_factory=SubscriptionsConfig)
 
     def problems(self) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from .. import db
 from . import check, common, jobs, migrate, run, status
 
 app = typer.Typer(
@@ -35,4 +36,14 @@ app.add_typer(jobs.app, name="jobs")
 
 
 def main() -> None:
-    app()
+    try:
+        code = app(standalone_mode=False)  # an Exit's code comes back as the result
+    except typer.Abort:
+        raise SystemExit(130) from None
+    except typer.TyperException as exc:  # usage errors (and bare help): their own message
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except Exception as exc:  # never a traceback (which may hold a URL) without --debug
+        common.error(f"unexpected {type(exc).__name__}: {db.first_line(exc)}")
+        raise SystemExit(1) from None
+    raise SystemExit(code if isinstance(code, int) else 0)

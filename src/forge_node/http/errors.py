@@ -56,6 +56,16 @@ def write_error(req: falcon.Request, resp: falcon.Response, status: int, code: s
                        "request_id": req.context.get("request_id")})
 
 
+def bearer_challenge(message: str) -> str:
+    """The WWW-Authenticate value of a 401: a Bearer token is wanted, and why this one (or
+    none) was refused; the description keeps to the characters RFC 6750 allows."""
+    description = "".join(c for c in message if c in _DESCRIPTION_CHARS)[:200]
+    return f'Bearer error="invalid_token", error_description="{description}"'
+
+
+_DESCRIPTION_CHARS = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
+
+
 def install(app: falcon.asgi.App) -> None:
     """Route every error falcon or a resource raises to one JSON shape."""
 
@@ -63,6 +73,8 @@ def install(app: falcon.asgi.App) -> None:
         write_error(req, resp, exc.status, exc.code, exc.message)
         for name, value in (exc.headers or {}).items():
             resp.set_header(name, value)
+        if exc.status == 401:  # RFC 6750: how to authenticate, and what was wrong
+            resp.set_header("www-authenticate", bearer_challenge(exc.message))
 
     async def handle_http_error(req, resp, exc: falcon.HTTPError, params) -> None:
         status = exc.status_code
