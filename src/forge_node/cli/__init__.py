@@ -1,4 +1,4 @@
-"""The `forge-node` command: run, check, migrate, status, jobs.
+"""The `forge-node` command: run, check, migrate, status, jobs, new.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error; `run` exits 78
 (EX_CONFIG) on a configuration error so that systemd stops restarting it.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from .. import db
-from . import check, common, jobs, migrate, run, status
+from . import check, common, jobs, migrate, new, run, status
 
 app = typer.Typer(
     name="forge-node",
@@ -31,6 +31,7 @@ def main_options(
 app.command("run")(run.run)
 app.command("check")(check.check)
 app.command("status")(status.status)
+app.command("new")(new.new)
 app.add_typer(migrate.app, name="migrate")
 app.add_typer(jobs.app, name="jobs")
 
