@@ -14,6 +14,7 @@ import logging
 import select
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -353,5 +354,7 @@ def redact(url: str) -> str:
     except psycopg.ProgrammingError:
         return "<unparseable database URL>"
     host = info.get("host", "localhost")
+    if host.startswith("/"):  # a Unix socket's folder: a URL's host holds it percent-encoded
+        host = urllib.parse.quote(host, safe="")
     return f"postgresql://{info.get('user', '')}@{host}:{info.get('port', 5432)}/" \
            f"{info.get('dbname', '')}"

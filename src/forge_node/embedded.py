@@ -14,6 +14,7 @@ data survives the switch without an upgrade step.
 from __future__ import annotations
 
 import logging
+import urllib.parse
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -55,6 +56,15 @@ def postgres_version(wheel: ModuleType, data_dir: Path) -> int:
     return made_by
 
 
+def socket_url(socket_dir: Path, port: int | None, user: str = "postgres",
+               dbname: str = "postgres") -> str:
+    """A URL for a Unix socket that works as printed, in psql and psycopg alike: the socket's
+    folder percent-encoded as the host. (The wheel's own `postgresql://postgres:@/postgres?host=
+    /path` works too, but logs mask every URL query, so it could not be shown.)"""
+    host = urllib.parse.quote(str(socket_dir), safe="")
+    return f"postgresql://{user}@{host}{'' if port is None else f':{port}'}/{dbname}"
+
+
 class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
@@ -68,7 +78,10 @@ class EmbeddedPostgres:
             self.data_dir.parent.mkdir(parents=True, exist_ok=True)
             self._server = wheel.get_server(self.data_dir, cleanup_mode="stop",
                                             postgres_version=version)
-            return self._server.get_uri()
+            info = self._server.get_postmaster_info()
+            if info.socket_dir is None:
+                return self._server.get_uri()
+            return socket_url(info.socket_dir, info.port)
         except Exception as exc:
             raise EmbeddedPostgresError(
                 f"the embedded PostgreSQL in {self.data_dir} failed to start: {exc}; "

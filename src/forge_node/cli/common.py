@@ -78,8 +78,9 @@ def database_url(config: Config) -> Iterator[str]:
         return
     server = EmbeddedPostgres(config.root / ".forge" / "pgdata")
     url = server.start()
-    log.info("no database.url set: using the embedded PostgreSQL in %s (development only)",
-             server.data_dir, extra={"event": "node.embedded_database"})
+    log.info("no database.url set: using the embedded PostgreSQL in %s (development only) at "
+             "%s (psql and psycopg take this URL as it is)", server.data_dir, url,
+             extra={"event": "node.embedded_database", "database_url": url})
     try:
         yield url
     finally:
