@@ -1,7 +1,7 @@
 """Scale-out: 1, 2 and 4 worker nodes on one PostgreSQL, on I/O-bound and CPU-light jobs.
 
     python bench/scale.py [--nodes 1,2,4] [--rounds 3] [--slots 20] [--io-jobs 12000]
-                          [--cpu-jobs 60000] [--io-ms 50]
+                          [--cpu-jobs 60000] [--io-ms 50] [--workloads io,cpu]
 
 Each configuration is N `forge-node run` processes, each its own node (its own node id,
 registered in forge_nodes), roles ["worker"] only, `[worker] max_concurrent_jobs = --slots`
@@ -34,8 +34,8 @@ Measured during each run:
   (wait_event_type:wait_event, "on CPU" for none), and the most ungranted pg_locks at once.
 The configurations take turns in an order that rotates from round to round (and the two
 workloads swap places every other round); the table gives every round and the medians.
-`forge-node status` is captured once, half-way through the first round's io run on the
-most nodes, and printed at the end.
+`forge-node status` is captured once, half-way through the first round's first run on the
+most nodes (io by default), and printed at the end.
 """
 
 from __future__ import annotations
@@ -398,11 +398,11 @@ def run_line(run: Run) -> str:
 
 
 def print_summary(workload: str, by_nodes: dict[int, list[Run]]) -> None:
-    print(f"\n{workload}: medians over the rounds (CPU in cores of the run's wall time, and "
-          f"ms per job)")
+    print(f"\n{workload}: jobs/s, the median of the rounds; the other figures from the median "
+          f"run (CPU in cores over its wall time, and ms per job)")
     print(f"{'nodes':>5} {'jobs/s':>8} {'x 1 node':>8}  {'every round':<26} {'sessions':>8} "
           f"{'node cores':>10} {'ms/job':>6} {'PG cores':>8} {'ms/job':>6} {'machine':>7} "
-          f"{'claims/job':>10} {'completes/job':>13} {'stmts/job':>9}")
+          f"{'others':>6} {'claims/job':>10} {'completes/job':>13} {'stmts/job':>9}")
     base = statistics.median(r.rate for r in by_nodes.get(1, [])) if 1 in by_nodes else None
     for nodes, runs in sorted(by_nodes.items()):
         rate = statistics.median(r.rate for r in runs)
@@ -413,7 +413,8 @@ def print_summary(workload: str, by_nodes: dict[int, list[Run]]) -> None:
               f"{pick.cores(pick.node_cpu):10.2f} {pick.ms_per_job(pick.node_cpu):6.3f} "
               f"{fmt(pick.cores(pick.pg_cpu), '8.2f')} "
               f"{fmt(pick.ms_per_job(pick.pg_cpu), '6.3f')} "
-              f"{pick.cores(pick.machine_cpu):7.2f} {pick.claims / pick.jobs:10.3f} "
+              f"{pick.cores(pick.machine_cpu):7.2f} {pick.cores(pick.others):6.2f} "
+              f"{pick.claims / pick.jobs:10.3f} "
               f"{pick.completes / pick.jobs:13.3f} {pick.statements / pick.jobs:9.3f}")
 
 
@@ -461,14 +462,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cpu-jobs", type=int, default=60_000)
     parser.add_argument("--io-ms", type=float, default=50, help="how long an io job waits")
     parser.add_argument("--timeout", type=float, default=300, help="seconds a run may take")
+    parser.add_argument("--workloads", default="io,cpu")
     args = parser.parse_args()
     args.node_counts = [int(n) for n in args.nodes.split(",")]
+    args.workload_names = [w for w in args.workloads.split(",") if w]
+    if not args.workload_names or set(args.workload_names) - {"io", "cpu"}:
+        parser.error("--workloads: io, cpu or both")
     return args
 
 
 def main() -> None:
     args = parse_args()
-    results: dict[str, dict[int, list[Run]]] = {"io": {}, "cpu": {}}
+    results: dict[str, dict[int, list[Run]]] = {name: {} for name in args.workload_names}
     load = Path("/proc/loadavg").read_text().split()[:3]
     with postgres() as admin_url, tempfile.TemporaryDirectory(prefix="forge-scale-") as tmp:
         prepare(Path(tmp), args)
@@ -478,12 +483,13 @@ def main() -> None:
         for round_no in range(args.rounds):
             shift = round_no % len(args.node_counts)
             order = args.node_counts[shift:] + args.node_counts[:shift]
-            workloads = ["io", "cpu"] if round_no % 2 == 0 else ["cpu", "io"]
+            workloads = args.workload_names if round_no % 2 == 0 else \
+                args.workload_names[::-1]
             print(f"round {round_no + 1}: {', '.join(workloads)}; nodes "
                   f"{', '.join(map(str, order))}", flush=True)
             for workload in workloads:
                 for nodes in order:
-                    capture = round_no == 0 and workload == "io" and \
+                    capture = round_no == 0 and workload == workloads[0] and \
                         nodes == max(args.node_counts)
                     run = bench.run(workload, nodes, capture)
                     results[workload].setdefault(nodes, []).append(run)
@@ -497,9 +503,10 @@ def main() -> None:
     for workload, by_nodes in results.items():
         print_summary(workload, by_nodes)
         print_sessions_and_waits(workload, by_nodes)
-    print("\n`forge-node status`, half-way through round 1's io run on "
+    print(f"\n`forge-node status`, half-way through round 1's {args.workload_names[0]} run on "
           f"{max(args.node_counts)} nodes:\n{bench.status_text}")
-    print_targets(results["io"])
+    if "io" in results:
+        print_targets(results["io"])
 
 
 if __name__ == "__main__":
