@@ -46,6 +46,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -473,6 +474,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the nodes and the embedded server are stopped on the way
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     results: dict[str, dict[int, list[Run]]] = {name: {} for name in args.workload_names}
     load = Path("/proc/loadavg").read_text().split()[:3]
     with postgres() as admin_url, tempfile.TemporaryDirectory(prefix="forge-scale-") as tmp:
