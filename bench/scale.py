@@ -124,6 +124,7 @@ class Run:
     statements: int = 0
     per_node: list[int] = dataclasses.field(default_factory=list)
     waits: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    lock_waits: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     ungranted: int = 0
 
     @property
@@ -188,6 +189,18 @@ def stop_all(procs: list[subprocess.Popen]) -> None:
 # ------------------------------------------------------------------ what is measured
 
 
+ACTIVITY = """
+SELECT application_name, state, wait_event_type, wait_event,
+       left(regexp_replace(query, '\\s+', ' ', 'g'), 50),
+       CASE WHEN wait_event_type = 'Lock' THEN  -- who holds it, only then (it is not free)
+           (SELECT left(regexp_replace(b.query, '\\s+', ' ', 'g'), 50) FROM pg_stat_activity b
+            WHERE b.pid = (pg_blocking_pids(a.pid))[1]) END
+FROM pg_stat_activity a
+WHERE datname = %s AND application_name LIKE 'forge-node%%'
+  AND application_name <> 'forge-node status'  -- the benchmark's own look
+"""
+
+
 class Sampler:
     """pg_stat_activity and pg_locks every SAMPLE_SECS, on a session of its own."""
 
@@ -195,6 +208,7 @@ class Sampler:
         self.conn = psycopg.connect(admin_url, autocommit=True)
         self.sessions: dict[str, int] = {}
         self.waits: collections.Counter = collections.Counter()
+        self.lock_waits: collections.Counter = collections.Counter()  # by statement
         self.ungranted = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -213,18 +227,16 @@ class Sampler:
             self.sample()
 
     def sample(self) -> None:
-        rows = self.conn.execute(
-            "SELECT application_name, state, wait_event_type, wait_event "
-            "FROM pg_stat_activity WHERE datname = %s AND application_name LIKE 'forge-node%%' "
-            "AND application_name <> 'forge-node status'",  # the benchmark's own look
-            [DATABASE]).fetchall()
-        kinds = collections.Counter(re.sub(r" [0-9a-f]{8}\b", "", name) for name, *_ in rows)
+        rows = self.conn.execute(ACTIVITY, [DATABASE]).fetchall()
+        kinds = collections.Counter(re.sub(r" [0-9a-f]{8}\b", "", row[0]) for row in rows)
         for kind, count in kinds.items():
             self.sessions[kind] = max(self.sessions.get(kind, 0), count)
         self.sessions["all"] = max(self.sessions.get("all", 0), len(rows))
-        for _, state, wait_type, wait in rows:
+        for _, state, wait_type, wait, query, blocker in rows:
             if state == "active":
                 self.waits[f"{wait_type}:{wait}" if wait_type else "on CPU"] += 1
+            if wait_type == "Lock":
+                self.lock_waits[f"{wait}: {query} | held by: {blocker}"] += 1
         ungranted = self.conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted"
                                       ).fetchone()[0]
         self.ungranted = max(self.ungranted, ungranted)
@@ -342,6 +354,7 @@ class Bench:
             run.statements = transactions(admin) - statements - polls - 5
         run.sessions, run.waits, run.ungranted = sampler.sessions, sampler.waits, \
             sampler.ungranted
+        run.lock_waits = sampler.lock_waits
         return run
 
     def wait_done(self, url: str, conn: psycopg.Connection, procs: list[subprocess.Popen],
@@ -431,6 +444,9 @@ def print_sessions_and_waits(workload: str, by_nodes: dict[int, list[Run]]) -> N
         print(f"  {nodes} node{'s' if nodes > 1 else ''}: {sessions}")
         print(f"     {total} active samples: {seen or 'none'}; ungranted pg_locks at once: "
               f"at most {max(r.ungranted for r in runs)}")
+        for statement, count in sum((r.lock_waits for r in runs), collections.Counter()
+                                    ).most_common(3):
+            print(f"     waiting on a lock in {count} samples: {statement}")
 
 
 def print_targets(by_nodes: dict[int, list[Run]]) -> None:
