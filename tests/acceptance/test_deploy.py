@@ -133,6 +133,7 @@ def demo_app(tmp_path: Path) -> Path:
     for name in ("forge.toml", "app.py"):
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "migrations", root / "migrations")
+    shutil.copytree(REPO / "frontend" / "build", root / "frontend" / "build")  # as the image has
     return root
 
 
