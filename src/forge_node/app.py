@@ -161,26 +161,32 @@ def _check_call(kind: str, name: str, fn: Handler, params: str) -> None:
     try:
         signature.bind(*params.split(", "))
     except TypeError:
-        code = getattr(fn, "__code__", None)
-        where = f" ({code.co_filename}:{code.co_firstlineno})" if code else ""
         define = "async def" if inspect.iscoroutinefunction(fn) else "def"
         raise AppLoadError(f"{kind} {name}: the handler is called as {fn.__name__}({params}), "
-                           f"but it is {define} {fn.__name__}{signature}{where}; write "
+                           f"but it is {define} {fn.__name__}{signature}{_where(fn)}; write "
                            f"{define} {fn.__name__}({params})") from None
 
 
-def _keywords_only(kind: str, handler: object) -> None:
-    """`@forge.job("name")` passes the name as the handler: say what was meant."""
-    if handler is not None and not callable(handler):
-        raise AppLoadError(f"@forge.{kind} takes keywords only (name=..., ...), "
-                           f"got {handler!r}: write @forge.{kind}(name={handler!r})")
+def _where(fn: Handler) -> str:
+    code = getattr(fn, "__code__", None)
+    return f" ({code.co_filename}:{code.co_firstlineno})" if code else ""
+
+
+def _refuse_positional(kind: str, value: object) -> Callable[[Handler], Handler]:
+    """`@forge.job("send")` passes the name where the handler goes: name the function and
+    say what was meant."""
+    def refuse(fn: Handler) -> Handler:
+        raise AppLoadError(f"{kind} {fn.__name__}: @forge.{kind} takes keywords only, got "
+                           f"{value!r}{_where(fn)}; write @forge.{kind}(name={value!r})")
+    return refuse
 
 
 def _function_decorator(kind: str) -> Callable[..., Any]:
     def decorator(handler: Handler | None = None, *, public: bool = False,
                   roles: list[str] | tuple[str, ...] = (), timeout_secs: float | None = None,
                   name: str | None = None, live: list[str] | tuple[str, ...] = ()) -> Any:
-        _keywords_only(kind, handler)
+        if handler is not None and not callable(handler):
+            return _refuse_positional(kind, handler)
 
         def register(fn: Handler) -> Handler:
             _check_call(kind, name or fn.__name__, fn, "ctx, args")
@@ -221,7 +227,8 @@ def job(handler: Handler | None = None, *, worker_capability: str | None = None,
     1 s, +-25% jitter, capped at 5 minutes. Higher priority runs first.
     """
 
-    _keywords_only("job", handler)
+    if handler is not None and not callable(handler):
+        return _refuse_positional("job", handler)
 
     def register(fn: Handler) -> Handler:
         job_name = name or fn.__name__
@@ -256,9 +263,9 @@ def cron(expression: str | None = None, *, every_secs: float | None = None,
     error at load, since no default schedule would be right for most crons.
     """
     if callable(expression):
-        raise AppLoadError(f"cron {name or expression.__name__}: @forge.cron needs a schedule: "
-                           f'write @forge.cron("*/5 * * * *") or @forge.cron(every_secs=60) '
-                           f"above def {expression.__name__}(ctx)")
+        raise AppLoadError(f"cron {name or expression.__name__}: @forge.cron needs a schedule"
+                           f"{_where(expression)}; write @forge.cron(\"*/5 * * * *\") or "
+                           f"@forge.cron(every_secs=60) above def {expression.__name__}(ctx)")
 
     def register(fn: Handler) -> Handler:
         cron_name = name or fn.__name__

@@ -40,12 +40,14 @@ def check(config_path: ConfigPath = DEFAULT_CONFIG) -> None:
 
 
 def check_database(config: Config, url: str) -> tuple[int, int]:
-    """Say the database answers, then check its migrations as `run` would before applying."""
+    """Check the server and the migrations as `run` would before applying, then say the
+    database answers. An old server is refused before any statement is sent to it."""
+    counts = Migrator(url, all_migrations(config.root)).check()
     with db.connect(url, "check") as conn:
         version = conn.execute("SHOW server_version").fetchone()[0]
     where = "the embedded PostgreSQL" if config.uses_embedded_database else db.redact(url)
     print(f"ok: database {where} answers (PostgreSQL {version})")
-    return Migrator(url, all_migrations(config.root)).check()
+    return counts
 
 
 def check_direct_url(config: Config) -> None:
