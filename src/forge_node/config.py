@@ -303,6 +303,12 @@ class NodeConfig:
         found += _at_least(self.drain_timeout_secs, 0, "node.drain_timeout_secs")
         return found
 
+    @property
+    def serves_functions(self) -> bool:
+        """Functions are served by the gateway with the function role; only such a node
+        verifies tokens, so only it needs [auth]."""
+        return {"gateway", "function"} <= set(self.roles)
+
     def warnings(self) -> list[str]:
         if "function" in self.roles and "gateway" not in self.roles:
             return ['node.roles has "function" without "gateway": functions are served only '
@@ -344,6 +350,23 @@ class Config:
     def uses_embedded_database(self) -> bool:
         return not self.database.url
 
+    def static_dir_problems(self) -> list[str]:
+        """A configured static_dir that a gateway would serve nothing from: missing, not a
+        folder, or empty. Checked by `run` and `check`, not by every command: `migrate` and
+        `jobs` run where the frontend was never built."""
+        static_dir = self.gateway.static_dir
+        if not static_dir or "gateway" not in self.node.roles:
+            return []
+        folder = self.root / static_dir
+        if not folder.is_dir():
+            found = "does not exist" if not folder.exists() else "is not a folder"
+        elif not any(folder.iterdir()):
+            found = "is empty"
+        else:
+            return []
+        return [f'{self.path}: gateway.static_dir is "{static_dir}", but {folder} {found}: '
+                f"build the frontend into it, or remove the key to serve no frontend"]
+
 
 def load(path: str | Path, environ: typing.Mapping[str, str] | None = None) -> Config:
     """Read, substitute and validate forge.toml; raise ConfigError listing every problem."""
@@ -359,6 +382,7 @@ def load(path: str | Path, environ: typing.Mapping[str, str] | None = None) -> C
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
 
     problems: list[str] = []
+    auth_problems: list[str] = []
     sections: dict[str, Any] = {}
     for name, raw in document.items():
         if name not in SECTIONS:
@@ -367,9 +391,14 @@ def load(path: str | Path, environ: typing.Mapping[str, str] | None = None) -> C
         elif not isinstance(raw, dict):
             problems.append(f"{name} must be a table ([{name}]), got {_describe(raw)}")
         else:
-            sections[name] = _build_section(name, raw, environ, problems)
+            found = auth_problems if name == "auth" else problems
+            sections[name] = _build_section(name, raw, environ, found)
     if "project" not in document:
         problems.append("[project] is missing; it needs at least name = \"...\"")
+    if _needs_auth(document, sections):
+        problems += auth_problems
+    else:  # one forge.toml serves every node: its workers need no JWT_SECRET
+        sections.pop("auth", None)
 
     warnings: list[str] = []
     for section in sections.values():
@@ -381,6 +410,13 @@ def load(path: str | Path, environ: typing.Mapping[str, str] | None = None) -> C
         raise ConfigError([f"{path}: {problem}" for problem in problems])
     built = {name: value for name, value in sections.items() if value is not None}
     return Config(path=path, warnings=tuple(f"{path}: {w}" for w in warnings), **built)
+
+
+def _needs_auth(document: dict[str, Any], sections: dict[str, Any]) -> bool:
+    """Whether [auth] is resolved: on nodes that serve functions, and when [node] is too
+    broken to tell which roles this node runs."""
+    node = sections.get("node", None if "node" in document else NodeConfig())
+    return node is None or node.serves_functions
 
 
 def _environment_problems(observability: ObservabilityConfig | None,
