@@ -21,7 +21,7 @@ from typing import Any
 from .backoff import Backoff
 from .config import CAPABILITY_NAME, Config
 from .crons import InvalidSchedule, Schedule
-from .errors import AppLoadError
+from .errors import AppLoadError, ConfigError
 
 Handler = Callable[..., Any]
 
@@ -97,8 +97,7 @@ class AppRegistry:
     def check(self, config: Config) -> None:
         """AppLoadError when this app cannot run under `config`."""
         guarded = sorted(name for name, spec in self.functions.items() if not spec.public)
-        serves_functions = {"gateway", "function"} <= set(config.node.roles)
-        if guarded and serves_functions and not config.auth.configured:
+        if guarded and config.node.serves_functions and not config.auth.configured:
             raise AppLoadError(f"the app's functions {', '.join(guarded)} need a token, but "
                                f"{config.path.name} has no [auth] (jwt_secret or jwks_url); "
                                f"configure [auth], or mark them public=True")
@@ -133,6 +132,18 @@ def load_app(root: Path, module: str) -> AppRegistry:
     return _current
 
 
+def load_for_node(config: Config) -> AppRegistry:
+    """The app as a node starts it, or the error that stops the node before it touches the
+    database: `run` and `check` both call this, so `check` refuses what `run` refuses, in the
+    same words."""
+    problems = config.static_dir_problems()
+    if problems:
+        raise ConfigError(problems)
+    registry = load_app(config.root, config.project.app)
+    registry.check(config)
+    return registry
+
+
 def _import_failed(module: str, exc: BaseException) -> AppLoadError:
     frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     where = f" ({frame.filename}:{frame.lineno})" if frame else ""
@@ -140,11 +151,45 @@ def _import_failed(module: str, exc: BaseException) -> AppLoadError:
                         f"{type(exc).__name__}: {exc}{where}")
 
 
+def _check_call(kind: str, name: str, fn: Handler, params: str) -> None:
+    """AppLoadError unless `fn` can be called as `fn(<params>)`: a handler that cannot would
+    fail on every call (every tick, every attempt) instead of once, at load."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to read, let it run
+        return
+    try:
+        signature.bind(*params.split(", "))
+    except TypeError:
+        define = "async def" if inspect.iscoroutinefunction(fn) else "def"
+        raise AppLoadError(f"{kind} {name}: the handler is called as {fn.__name__}({params}), "
+                           f"but it is {define} {fn.__name__}{signature}{_where(fn)}; write "
+                           f"{define} {fn.__name__}({params})") from None
+
+
+def _where(fn: Handler) -> str:
+    code = getattr(fn, "__code__", None)
+    return f" ({code.co_filename}:{code.co_firstlineno})" if code else ""
+
+
+def _refuse_positional(kind: str, value: object) -> Callable[[Handler], Handler]:
+    """`@forge.job("send")` passes the name where the handler goes: name the function and
+    say what was meant."""
+    def refuse(fn: Handler) -> Handler:
+        raise AppLoadError(f"{kind} {fn.__name__}: @forge.{kind} takes keywords only, got "
+                           f"{value!r}{_where(fn)}; write @forge.{kind}(name={value!r})")
+    return refuse
+
+
 def _function_decorator(kind: str) -> Callable[..., Any]:
     def decorator(handler: Handler | None = None, *, public: bool = False,
                   roles: list[str] | tuple[str, ...] = (), timeout_secs: float | None = None,
                   name: str | None = None, live: list[str] | tuple[str, ...] = ()) -> Any:
+        if handler is not None and not callable(handler):
+            return _refuse_positional(kind, handler)
+
         def register(fn: Handler) -> Handler:
+            _check_call(kind, name or fn.__name__, fn, "ctx, args")
             if timeout_secs is not None and timeout_secs <= 0:
                 raise AppLoadError(f"{fn.__name__}: timeout_secs must be greater than 0")
             _current.add_function(FunctionSpec(name or fn.__name__, kind, fn, public,
@@ -182,8 +227,12 @@ def job(handler: Handler | None = None, *, worker_capability: str | None = None,
     1 s, +-25% jitter, capped at 5 minutes. Higher priority runs first.
     """
 
+    if handler is not None and not callable(handler):
+        return _refuse_positional("job", handler)
+
     def register(fn: Handler) -> Handler:
         job_name = name or fn.__name__
+        _check_call("job", job_name, fn, "ctx, args")
         if max_attempts < 1:
             raise AppLoadError(f"job {job_name}: max_attempts must be at least 1")
         if timeout_secs is not None and timeout_secs <= 0:
@@ -210,11 +259,17 @@ def cron(expression: str | None = None, *, every_secs: float | None = None,
     Each tick becomes a job run by a worker, with the job keywords' retries, timeout and
     capability; `ctx.scheduled_for` is the tick it belongs to. With `catch_up=True`, ticks
     missed while no scheduler led are run (the last `catch_up_limit` of them); otherwise a
-    missed tick is skipped and logged.
+    missed tick is skipped and logged. A schedule is required: a bare `@forge.cron` is an
+    error at load, since no default schedule would be right for most crons.
     """
+    if callable(expression):
+        raise AppLoadError(f"cron {name or expression.__name__}: @forge.cron needs a schedule"
+                           f"{_where(expression)}; write @forge.cron(\"*/5 * * * *\") or "
+                           f"@forge.cron(every_secs=60) above def {expression.__name__}(ctx)")
 
     def register(fn: Handler) -> Handler:
         cron_name = name or fn.__name__
+        _check_call("cron", cron_name, fn, "ctx")
         try:
             schedule = Schedule.parse(expression, every_secs, timezone)
         except InvalidSchedule as exc:

@@ -23,6 +23,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, OctKey
 
+from . import redaction
 from .config import AuthConfig
 from .encoding import loads
 
@@ -88,7 +89,8 @@ class JwksCache:
             if stale and time.monotonic() - self._fetched_at >= JWKS_REFRESH_MIN_SECS:
                 self._fetch()
             if self._keys is None:
-                raise KeysUnavailable(f"the signing keys at {self.url} could not be fetched")
+                # the client learns only that; the operator's log has the host (and why)
+                raise KeysUnavailable("the signing keys are unavailable; try again later")
             if kid is not None and kid not in self._kids:
                 raise InvalidToken(f"no signing key with kid {kid!r}")
             return self._keys
@@ -100,12 +102,12 @@ class JwksCache:
                 document = json.load(resp)
             keys = KeySet.import_key_set(document)
         except (OSError, ValueError, JoseError) as exc:
-            log.warning("cannot fetch the JWKS from %s: %s", self.url, exc,
-                        extra={"event": "auth.jwks_unavailable"})
+            log.warning("cannot fetch the JWKS from %s: %s", redaction.url_host(self.url),
+                        redaction.scrub(str(exc)), extra={"event": "auth.jwks_unavailable"})
             return
         self._keys = keys
         self._kids = {key.kid for key in keys.keys if key.kid}
-        log.info("fetched %d signing keys from %s", len(keys.keys), self.url,
+        log.info("fetched %d signing keys from %s", len(keys.keys), redaction.url_host(self.url),
                  extra={"event": "auth.jwks_fetched"})
 
 

@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import tomlkit
 import tomlkit.exceptions
+from psycopg.conninfo import conninfo_to_dict
 
+from . import redaction
 from .errors import ConfigError
 
 ROLES = ("gateway", "function", "worker", "scheduler")
@@ -44,9 +47,15 @@ def _at_least(value: float, minimum: float, key: str) -> list[str]:
 
 
 def _postgres_url(url: str, key: str) -> list[str]:
-    if url.startswith(("postgresql://", "postgres://")):
-        return []
-    return [f'{key} must be a postgresql:// URL, got "{url}"']
+    """A problem unless `url` is a postgresql:// URL libpq can read; never the password or
+    query it holds in the message."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return [f'{key} must be a postgresql:// URL, got "{redaction.scrub(url)}"']
+    try:
+        conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        return [f"{key} is not a valid URL: {redaction.scrub(str(exc).strip().splitlines()[0])}"]
+    return []
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,9 @@ class GatewayConfig:
     body_timeout_secs: float = 30
     max_json_depth: int = 64
     max_connections: int = 10_000
+    # the frontend's framing and referrer policies (API answers are JSON, framed by nothing)
+    frame_ancestors: str = "'none'"  # CSP frame-ancestors; "'self'" allows the app's own pages
+    referrer_policy: str = "no-referrer"
     subscriptions: SubscriptionsConfig = field(default_factory=SubscriptionsConfig)
 
     def problems(self) -> list[str]:
@@ -292,6 +304,12 @@ class NodeConfig:
         found += _at_least(self.drain_timeout_secs, 0, "node.drain_timeout_secs")
         return found
 
+    @property
+    def serves_functions(self) -> bool:
+        """Functions are served by the gateway with the function role; only such a node
+        verifies tokens, so only it needs [auth]."""
+        return {"gateway", "function"} <= set(self.roles)
+
     def warnings(self) -> list[str]:
         if "function" in self.roles and "gateway" not in self.roles:
             return ['node.roles has "function" without "gateway": functions are served only '
@@ -333,6 +351,23 @@ class Config:
     def uses_embedded_database(self) -> bool:
         return not self.database.url
 
+    def static_dir_problems(self) -> list[str]:
+        """A configured static_dir that a gateway would serve nothing from: missing, not a
+        folder, or empty. Checked by `run` and `check`, not by every command: `migrate` and
+        `jobs` run where the frontend was never built."""
+        static_dir = self.gateway.static_dir
+        if not static_dir or "gateway" not in self.node.roles:
+            return []
+        folder = self.root / static_dir
+        if not folder.is_dir():
+            found = "does not exist" if not folder.exists() else "is not a folder"
+        elif not any(folder.iterdir()):
+            found = "is empty"
+        else:
+            return []
+        return [f'{self.path}: gateway.static_dir is "{static_dir}", but {folder} {found}: '
+                f"build the frontend into it, or remove the key to serve no frontend"]
+
 
 def load(path: str | Path, environ: typing.Mapping[str, str] | None = None) -> Config:
     """Read, substitute and validate forge.toml; raise ConfigError listing every problem."""
@@ -348,6 +383,7 @@ def load(path: str | Path, environ: typing.Mapping[str, str] | None = None) -> C
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
 
     problems: list[str] = []
+    auth_problems: list[str] = []
     sections: dict[str, Any] = {}
     for name, raw in document.items():
         if name not in SECTIONS:
@@ -356,9 +392,14 @@ def load(path: str | Path, environ: typing.Mapping[str, str] | None = None) -> C
         elif not isinstance(raw, dict):
             problems.append(f"{name} must be a table ([{name}]), got {_describe(raw)}")
         else:
-            sections[name] = _build_section(name, raw, environ, problems)
+            found = auth_problems if name == "auth" else problems
+            sections[name] = _build_section(name, raw, environ, found)
     if "project" not in document:
         problems.append("[project] is missing; it needs at least name = \"...\"")
+    if _needs_auth(document, sections):
+        problems += auth_problems
+    else:  # one forge.toml serves every node: its workers need no JWT_SECRET
+        sections.pop("auth", None)
 
     warnings: list[str] = []
     for section in sections.values():
@@ -370,6 +411,13 @@ def load(path: str | Path, environ: typing.Mapping[str, str] | None = None) -> C
         raise ConfigError([f"{path}: {problem}" for problem in problems])
     built = {name: value for name, value in sections.items() if value is not None}
     return Config(path=path, warnings=tuple(f"{path}: {w}" for w in warnings), **built)
+
+
+def _needs_auth(document: dict[str, Any], sections: dict[str, Any]) -> bool:
+    """Whether [auth] is resolved: on nodes that serve functions, and when [node] is too
+    broken to tell which roles this node runs."""
+    node = sections.get("node", None if "node" in document else NodeConfig())
+    return node is None or node.serves_functions
 
 
 def _environment_problems(observability: ObservabilityConfig | None,

@@ -14,12 +14,14 @@ import logging
 import select
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from . import redaction
 from .errors import DatabaseUnavailable, UnsupportedDatabase
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,7 @@ def connect(url: str, purpose: str, *, statement_timeout_secs: float | None = No
     try:
         return psycopg.connect(url, autocommit=autocommit,
                                **connection_kwargs(purpose, statement_timeout_secs, settings))
-    except psycopg.OperationalError as exc:
+    except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:  # down, or no URL
         raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {first_line(exc)}") from exc
 
 
@@ -108,7 +110,7 @@ class Dedicated:
         self.close()
         try:
             conn = psycopg.connect(self.url, autocommit=True, **self.kwargs)
-        except psycopg.OperationalError as exc:
+        except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
             raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {first_line(exc)}") \
                 from exc
         try:
@@ -154,7 +156,7 @@ class AsyncDedicated:
         try:
             conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True,
                                                          **self.kwargs)
-        except psycopg.OperationalError as exc:
+        except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
             raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {first_line(exc)}") \
                 from exc
         try:
@@ -339,8 +341,9 @@ def died_before_a_statement(conn: psycopg.Connection | psycopg.AsyncConnection |
 
 
 def first_line(exc: BaseException) -> str:
-    """libpq errors span lines; an operator's log wants the first one."""
-    text = str(exc).strip()
+    """libpq errors span lines; an operator's log wants the first one, without the password
+    or query of any URL it quotes."""
+    text = redaction.scrub(str(exc).strip())
     return text.splitlines()[0] if text else type(exc).__name__
 
 
@@ -351,5 +354,7 @@ def redact(url: str) -> str:
     except psycopg.ProgrammingError:
         return "<unparseable database URL>"
     host = info.get("host", "localhost")
+    if host.startswith("/"):  # a Unix socket's folder: a URL's host holds it percent-encoded
+        host = urllib.parse.quote(host, safe="")
     return f"postgresql://{info.get('user', '')}@{host}:{info.get('port', 5432)}/" \
            f"{info.get('dbname', '')}"

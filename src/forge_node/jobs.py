@@ -9,8 +9,11 @@ complete, retry or bury a job another node took over.
 from __future__ import annotations
 
 import datetime
+import os
+import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -19,7 +22,7 @@ from opentelemetry import propagate
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from .app import JobSpec, current_registry
+from .app import AppRegistry, JobSpec, current_registry, load_app
 from .encoding import to_jsonable
 from .observability.logs import REQUEST
 from .sql import Queries
@@ -53,11 +56,47 @@ class ClaimedJob:
 
 def job_spec(name: str) -> JobSpec:
     registry = current_registry()
+    if not registry.module and not registry.jobs:  # a script that imported no app
+        registry = load_app_of_script(name)
     spec = registry.jobs.get(name)
     if spec is None:
         known = ", ".join(sorted(registry.jobs)) or "none"
-        raise UnknownJobError(f"no job named {name!r} (known jobs: {known})")
+        module = f" in the app module {registry.module!r}" if registry.module else ""
+        raise UnknownJobError(f"no job named {name!r}{module} (known jobs: {known})")
     return spec
+
+
+def load_app_of_script(job_name: str) -> AppRegistry:
+    """Import the app of FORGE_CONFIG's forge.toml, or of the one in the working folder or
+    a parent, as `forge-node run` would: a script that enqueues needs the app's job
+    definitions (their retries, timeout, capability), not only their names."""
+    path = find_config()
+    if path is None:
+        where = (f"FORGE_CONFIG={os.environ['FORGE_CONFIG']} does not exist"
+                 if os.environ.get("FORGE_CONFIG") else
+                 f"none in {Path.cwd()} or its parents, and FORGE_CONFIG is not set")
+        raise UnknownJobError(
+            f"no job named {job_name!r}: no app is imported in this process and no forge.toml "
+            f"was found ({where}). Import the app module first (the module `[project] app` "
+            f"names, e.g. `import app`), run from the app's folder, or set "
+            f"FORGE_CONFIG=/path/to/forge.toml")
+    try:
+        module = tomllib.loads(path.read_text(encoding="utf-8")).get("project", {}).get("app")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UnknownJobError(f"no job named {job_name!r}: {path} cannot be read to find the "
+                              f"app's module: {exc}") from None
+    return load_app(path.parent, module or "app")  # "app": [project] app's default
+
+
+def find_config() -> Path | None:
+    """FORGE_CONFIG's file when it is set, else forge.toml in the working folder or the
+    nearest parent that has one."""
+    if os.environ.get("FORGE_CONFIG"):
+        path = Path(os.environ["FORGE_CONFIG"]).resolve()
+        return path if path.is_file() else None
+    cwd = Path.cwd()
+    return next((folder / "forge.toml" for folder in (cwd, *cwd.parents)
+                 if (folder / "forge.toml").is_file()), None)
 
 
 def enqueue(conn: psycopg.Connection, name: str, args: dict[str, Any] | None = None, *,

@@ -124,6 +124,16 @@ class Migrator:
                 then(conn)
             return pending
 
+    def check(self) -> tuple[int, int]:
+        """Refuse what `up` would refuse before applying anything (a PostgreSQL too old, drift),
+        without the lock and without changing anything; return (applied, pending) counts."""
+        with db.connect(self.url, "check") as conn:
+            db.check_server_version(conn)
+            exists = conn.execute(Q.migrations_table_exists).fetchone()[0]
+            applied = self._applied(conn) if exists else {}
+        self._check_drift(applied)
+        return len(applied), len(self.migrations) - len(applied)
+
     def down(self, steps: int = 1) -> list[Migration]:
         """Revert the last `steps` applied app migrations, newest first."""
         with self._locked_session() as conn:

@@ -52,6 +52,7 @@ def test_the_demo_runs_on_the_embedded_postgres(tmp_path, start_node):
     for name in ("forge.toml", "app.py"):
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "migrations", root / "migrations")
+    shutil.copytree(REPO / "frontend" / "build", root / "frontend" / "build")  # its static_dir
     port = free_port()
     node = start_node(AppDir(root, port), None, PORT=str(port))
     node.wait_ready(timeout=120)

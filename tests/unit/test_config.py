@@ -268,3 +268,35 @@ def test_enabled_observability_needs_a_collector(tmp_path):
     assert not disabled.observability.exports("metrics")
     assert any("otlp_endpoint must be an http(s) URL" in p for p in problems(
         tmp_path, '[project]\nname = "d"\n[observability]\notlp_endpoint = "collector:4318"\n'))
+
+
+AUTH_FROM_ENV = '''
+    [project]
+    name = "demo"
+    [auth]
+    jwt_secret = "${JWT_SECRET}"
+    [node]
+    roles = "${FORGE_NODE_ROLES}"
+'''
+
+
+@pytest.mark.parametrize("roles", ["worker", "scheduler", "worker,scheduler", "gateway"])
+def test_a_node_that_serves_no_functions_does_not_resolve_auth(tmp_path, roles):
+    cfg = config.load(write(tmp_path, AUTH_FROM_ENV), {"FORGE_NODE_ROLES": roles})
+    assert not cfg.auth.configured
+
+
+@pytest.mark.parametrize("roles", ["gateway,function", "gateway,function,worker"])
+def test_a_node_that_serves_functions_resolves_auth(tmp_path, roles):
+    found = problems(tmp_path, AUTH_FROM_ENV, {"FORGE_NODE_ROLES": roles})
+    assert found == [f'{tmp_path / "forge.toml"}: auth.jwt_secret is "${{JWT_SECRET}}": the '
+                     f"environment variable JWT_SECRET is not set"]
+    cfg = config.load(write(tmp_path, AUTH_FROM_ENV),
+                      {"FORGE_NODE_ROLES": roles, "JWT_SECRET": "s" * 32})
+    assert cfg.auth.jwt_secret == "s" * 32
+
+
+def test_auth_is_resolved_when_the_roles_cannot_be_told(tmp_path):
+    found = problems(tmp_path, AUTH_FROM_ENV)
+    assert any("FORGE_NODE_ROLES is not set" in p for p in found)
+    assert any("JWT_SECRET is not set" in p for p in found)

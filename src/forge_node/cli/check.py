@@ -1,40 +1,53 @@
-"""`forge-node check`: validate forge.toml and the app completely, then try the database."""
+"""`forge-node check`: refuse what `forge-node run` would refuse, in the same words, without
+starting anything: forge.toml, the app, the database and its migrations."""
 
 from __future__ import annotations
 
 import typer
 
 from .. import db
-from ..app import load_app
+from ..app import load_for_node
 from ..config import Config
-from ..errors import EXIT_FAILURE, EXIT_USAGE, AppLoadError, ForgeNodeError
+from ..errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE, ForgeNodeError
+from ..migrations import Migrator, all_migrations
 from .common import DEFAULT_CONFIG, ConfigPath, database_url, error, fail, load_config
 
 
 def check(config_path: ConfigPath = DEFAULT_CONFIG) -> None:
-    """Validate forge.toml and the app, then try the database.
+    """Validate forge.toml and the app, then the database and its migrations.
 
-    Exits 0 when all is well, 2 when the configuration is invalid, 1 when the database
+    Exits 0 when all is well, 2 when `run` would refuse to start (exit 78 there: the
+    configuration, the app, migration drift, a PostgreSQL too old), 1 when the database
     cannot be reached.
     """
     config = load_config(config_path, EXIT_USAGE)
     for warning in config.warnings:
         print(f"warning: {warning}")
     try:
-        load_app(config.root, config.project.app).check(config)
-    except AppLoadError as exc:
+        load_for_node(config)
+    except ForgeNodeError as exc:
         fail(exc, EXIT_USAGE)
     print(f"ok: {config.path} is valid")
     try:
-        with database_url(config) as url, db.connect(url, "check") as conn:
-            version = conn.execute("SHOW server_version").fetchone()[0]
+        with database_url(config) as url:
+            applied, pending = check_database(config, url)
     except ForgeNodeError as exc:
         error(str(exc))
-        raise typer.Exit(EXIT_FAILURE) from None
-    where = "the embedded PostgreSQL" if config.uses_embedded_database else db.redact(url)
-    print(f"ok: database {where} answers (PostgreSQL {version})")
+        raise typer.Exit(EXIT_USAGE if exc.exit_code == EXIT_CONFIG else EXIT_FAILURE) from None
+    print(f"ok: migrations: {applied} applied, {pending} pending, none changed or unknown")
     if config.database.direct_url:
         check_direct_url(config)
+
+
+def check_database(config: Config, url: str) -> tuple[int, int]:
+    """Check the server and the migrations as `run` would before applying, then say the
+    database answers. An old server is refused before any statement is sent to it."""
+    counts = Migrator(url, all_migrations(config.root)).check()
+    with db.connect(url, "check") as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]
+    where = "the embedded PostgreSQL" if config.uses_embedded_database else db.redact(url)
+    print(f"ok: database {where} answers (PostgreSQL {version})")
+    return counts
 
 
 def check_direct_url(config: Config) -> None:

@@ -15,7 +15,7 @@ import psycopg
 import typer
 
 from .. import config as config_module
-from .. import db
+from .. import db, redaction
 from ..config import Config
 from ..embedded import EmbeddedPostgres
 from ..errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, ForgeNodeError
@@ -39,7 +39,7 @@ STATE = State()
 
 def error(message: str) -> None:
     """One clear line per problem on stderr; the traceback too with --debug."""
-    for line in message.splitlines():
+    for line in redaction.scrub(message).splitlines():
         print(f"error: {line}", file=sys.stderr)
     if STATE.debug and sys.exc_info()[0] is not None:
         traceback.print_exc(file=sys.stderr)
@@ -78,8 +78,9 @@ def database_url(config: Config) -> Iterator[str]:
         return
     server = EmbeddedPostgres(config.root / ".forge" / "pgdata")
     url = server.start()
-    log.info("no database.url set: using the embedded PostgreSQL in %s (development only)",
-             server.data_dir, extra={"event": "node.embedded_database"})
+    log.info("no database.url set: using the embedded PostgreSQL in %s (development only) at "
+             "%s (psql and psycopg take this URL as it is)", server.data_dir, url,
+             extra={"event": "node.embedded_database", "database_url": url})
     try:
         yield url
     finally:

@@ -7,7 +7,7 @@ import logging
 import typer
 
 from .. import __version__
-from ..app import load_app
+from ..app import load_for_node
 from ..cluster import NodeIdentity
 from ..errors import EXIT_CONFIG, ForgeNodeError
 from ..live import sync_triggers
@@ -32,8 +32,7 @@ def run(config_path: ConfigPath = DEFAULT_CONFIG) -> None:
     for warning in config.warnings:
         log.warning(warning, extra={"event": "config.warning"})
     try:
-        app = load_app(config.root, config.project.app)
-        app.check(config)  # before an embedded PostgreSQL is started for nothing
+        app = load_for_node(config)  # before an embedded PostgreSQL is started for nothing
         with database_url(config) as url:
             direct = direct_url(config, url)
             Migrator(direct, all_migrations(config.root)).up(

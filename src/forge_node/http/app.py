@@ -116,7 +116,8 @@ def create_app(deps: GatewayDeps) -> falcon.asgi.App:
     app.add_route("/_api/subscribe-job", SubscribeJobResource(*live))
     app.add_route("/_api/unsubscribe", UnsubscribeResource(*live))
     app.add_route("/_api/client.js", ClientScriptResource())
-    app.add_sink(FrontendSink(static_root(deps.config)), "/")
+    app.add_sink(FrontendSink(static_root(deps.config), gateway.frame_ancestors,
+                              gateway.referrer_policy), "/")
     app.add_sink(_api_not_found, r"^/_api(/|$)")
     return app
 

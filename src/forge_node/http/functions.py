@@ -40,7 +40,7 @@ from ..app import FunctionSpec
 from ..context import AsyncFunctionContext, FunctionContext
 from ..errors import Error
 from ..observability.otel import Telemetry
-from .errors import INTERNAL_ERROR, SERVICE_UNAVAILABLE, TIMEOUT, ApiError
+from .errors import INTERNAL_ERROR, READ_ONLY, SERVICE_UNAVAILABLE, TIMEOUT, ApiError
 from .replicas import ReplicaHealth
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,8 @@ class FunctionRunner:
         except psycopg.errors.QueryCanceled:
             outcome = "timeout"
             raise _timed_out(spec) from None
+        except psycopg.errors.ReadOnlySqlTransaction as exc:
+            raise _wrote_in_a_query(spec, exc, request_id) from None
         except PoolTimeout:
             outcome = "unavailable"
             raise _unavailable() from None
@@ -317,10 +319,6 @@ def _call(spec: FunctionSpec, ctx: FunctionContext, args: dict, deadline: float 
     return result
 
 
-
-
-
-
 class _Statement:
     """The connection a timed `def` function is using, so the loop can cancel its query."""
 
@@ -358,6 +356,15 @@ def _unavailable() -> ApiError:
 
 def _timed_out(spec: FunctionSpec) -> ApiError:
     return ApiError(504, TIMEOUT, f"{spec.name} did not finish within {spec.timeout_secs:g} s")
+
+
+def _wrote_in_a_query(spec: FunctionSpec, exc: psycopg.Error, request_id: str) -> ApiError:
+    """A query ran a write: a bug of the app, not of the call (so 500), but one with a name,
+    since its fix is always the same (make it a mutation)."""
+    log.error("query %s tried to write: %s", spec.name, db.first_line(exc),
+              extra={"event": "fn.read_only", "request_id": request_id})
+    return ApiError(500, READ_ONLY, f"{spec.name} is a query, and queries run in a read-only "
+                    f"transaction ({db.first_line(exc)}); make it a mutation to write")
 
 
 def error_for_app_error(exc: Error) -> ApiError:

@@ -91,7 +91,9 @@ class RequestMiddleware:
         resp.set_header("x-request-id", ids.request_id)
         resp.set_header("x-trace-id", ids.trace_id)
         resp.set_header("x-span-id", ids.span_id)
+        resp.set_header("x-content-type-options", "nosniff")  # a body is what it says it is
         if self.cors:
+            resp.append_header("vary", "Origin")  # the answer differs by origin: caches key on it
             self.allow_origin(req, resp)
         try:
             if not ctx.quiet:
@@ -110,7 +112,6 @@ class RequestMiddleware:
         else:
             resp.set_header("access-control-allow-origin", origin)
             resp.set_header("access-control-allow-credentials", "true")
-            resp.append_header("vary", "Origin")
         resp.set_header("access-control-expose-headers", EXPOSED_HEADERS)
         if req.context.preflight:
             resp.set_header("access-control-allow-methods", PREFLIGHT_METHODS)

@@ -22,6 +22,8 @@ from typing import Any, NamedTuple, TextIO
 
 from opentelemetry import trace
 
+from .. import redaction
+
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message", "asctime", "taskName"}
 
@@ -106,17 +108,21 @@ class JsonFormatter(logging.Formatter):
             "ts": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redaction.scrub(record.getMessage()),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and value is not None:
                 line[key] = value
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            line["exception"] = redaction.scrub(self.formatException(record.exc_info))
         return json.dumps(line, default=str)
 
 
 class TextFormatter(logging.Formatter):
+    """One event, one line: control characters (a newline in a request path, a terminal
+    escape) are written as escapes, so no input can forge a line or repaint a terminal. A
+    traceback follows on the same line, its newlines escaped too."""
+
     def format(self, record: logging.LogRecord) -> str:
         extras = " ".join(f"{key}={value}" for key, value in vars(record).items()
                           if key not in _STANDARD_ATTRS and key not in ("role", "node_id")
@@ -127,7 +133,12 @@ class TextFormatter(logging.Formatter):
             text += f" ({extras})"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
-        return text
+        return redaction.scrub(text).translate(_ESCAPES)
+
+
+# C0, DEL and C1 control characters, as Python would write them in a string
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))} | {
+    0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
 
 
 def configure(role: str, node_id: str | None = None, level: str = "info",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -28,6 +28,8 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import cluster, db, jobs
 from ..config import Config
+from ..errors import EXIT_CONFIG
+from ..http import correlation, errors
 from ..http.resources.health import HealthResource, ReadyResource
 from ..leader import ROLE_IDS
 from ..process import RoleProcess
@@ -54,12 +56,19 @@ class MonitorProcess(RoleProcess):
                 self.telemetry.meter)
 
     def probe_server(self) -> WSGIServer:
-        app = falcon.App()
-        app.add_route("/_api/health", HealthResource())
-        app.add_route("/_api/ready", ReadyResource(self.readiness))
-        # WSGIServer sets SO_REUSEADDR: a restarted monitor binds again at once
-        server = make_server("0.0.0.0", self.ctx.config.gateway.port, app,
-                             handler_class=_QuietHandler)
+        """The probes' server on `[gateway] port`; exit 78 when the port cannot be had, since
+        a restart would meet the same holder (another node on this machine, most often)."""
+        port = self.ctx.config.gateway.port
+        try:
+            # WSGIServer sets SO_REUSEADDR: a restarted monitor binds again at once
+            server = make_server("0.0.0.0", port, probe_app(self.readiness),
+                                 handler_class=_QuietHandler)
+        except OSError as exc:
+            log.error("the health checks cannot listen on port %d ([gateway] port in %s): %s; "
+                      "give each node on this machine its own [gateway] port", port,
+                      self.ctx.config.path.name, exc.strerror or exc,
+                      extra={"event": "monitor.port_unavailable", "port": port})
+            raise SystemExit(EXIT_CONFIG) from None
         server.timeout = 0  # handle_request() answers a waiting probe, never waits for one
         return server
 
@@ -79,6 +88,27 @@ class MonitorProcess(RoleProcess):
         if self.server is not None:
             self.server.server_close()
         super().shutdown()
+
+
+def probe_app(readiness: Callable[[], tuple[bool, bool]]) -> falcon.App:
+    """Health and readiness, and for anything else the gateway's JSON error envelope."""
+    app = falcon.App(middleware=[RequestIdMiddleware()])
+    app.add_route("/_api/health", HealthResource())
+    app.add_route("/_api/ready", ReadyResource(readiness))
+    errors.install_wsgi(app)
+    return app
+
+
+class RequestIdMiddleware:
+    """The request id the gateway would give (the client's own when sane), on every answer,
+    so a probe's error can be found in a load balancer's log as well as the node's."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.request_id = correlation.request_id_from(req.get_header("x-request-id"))
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
+                         req_succeeded: bool) -> None:
+        resp.set_header("x-request-id", req.context.request_id)
 
 
 class NodeGauges:
