@@ -110,7 +110,7 @@ def test_cursors_and_savepoints_take_the_connection_too(gw):
 
 
 def test_an_async_query_runs_read_only(gw):
-    assert error_of(gw.rpc("write_in_query")) == (500, "INTERNAL_ERROR")
+    assert error_of(gw.rpc("write_in_query")) == (500, "READ_ONLY")
     assert gw.rpc("list_notes").json["data"] == []
 
 
