@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.acceptance.test_cli import OldPostgres
 from tests.plugins.apps import AppDir
 from tests.plugins.nodes import forge_cli, node_env
 
@@ -115,19 +114,6 @@ def test_a_decorator_used_wrongly_is_refused_alike_at_load(make_app, database_ur
     if case == "bare cron":
         assert line.endswith('; write @forge.cron("*/5 * * * *") or @forge.cron(every_secs=60) '
                              "above def cleanup(ctx)")
-
-
-def test_a_postgres_older_than_15_is_refused_by_check_too(make_app):
-    server = OldPostgres()
-    try:
-        app = make_app()
-        url = f"postgresql://forge@127.0.0.1:{server.port}/forge?sslmode=disable"
-        result = forge_cli("check", "--config", str(app.config_path), env=node_env(url))
-    finally:
-        server.close()
-    assert result.returncode == 2
-    assert errors(result.stderr) == ["error: PostgreSQL 14.11 is too old: forge-node needs "
-                                     "PostgreSQL 15 or newer"]
 
 
 GUARDED = '''

@@ -8,6 +8,8 @@ import socket
 import struct
 import threading
 
+import pytest
+
 from forge_node.migrations import internal_migrations
 from tests.plugins.apps import free_port
 from tests.plugins.nodes import forge_cli, node_env
@@ -188,14 +190,15 @@ class OldPostgres:
         self.sock.close()
 
 
-def test_run_refuses_a_postgres_older_than_15_with_exit_78(make_app):
+@pytest.mark.parametrize(("command", "code"), [("run", 78), ("check", 2)])
+def test_a_postgres_older_than_15_is_refused_before_any_statement(make_app, command, code):
     server = OldPostgres()
     try:
         app = make_app()
         url = f"postgresql://forge@127.0.0.1:{server.port}/forge?sslmode=disable"
-        result = forge_cli("run", "--config", str(app.config_path), env=node_env(url))
+        result = forge_cli(command, "--config", str(app.config_path), env=node_env(url))
     finally:
         server.close()
-    assert result.returncode == 78
-    assert "PostgreSQL 14.11 is too old: forge-node needs PostgreSQL 15 or newer" in \
-        result.stderr
+    assert result.returncode == code
+    assert "error: PostgreSQL 14.11 is too old: forge-node needs PostgreSQL 15 or newer" in \
+        result.stderr.splitlines()
