@@ -269,12 +269,13 @@ def test_the_migration_job_migrates_the_database(tmp_path, database_url):
 
 
 def demo_app(tmp_path: Path) -> Path:
-    """The image's /app: forge.toml, app.py and migrations/."""
+    """The image's /app: forge.toml, app.py, migrations/ and the built frontend."""
     root = tmp_path / "app"
     root.mkdir()
     for name in ("forge.toml", "app.py"):
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "migrations", root / "migrations")
+    shutil.copytree(REPO / "frontend" / "build", root / "frontend" / "build")
     return root
 
 
