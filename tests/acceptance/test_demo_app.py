@@ -4,7 +4,6 @@ embedded PostgreSQL under .forge/ and stops it again on exit."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import urllib.error
 import urllib.request
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.plugins.apps import AppDir, free_port
+from tests.plugins.apps import AppDir, copy_demo_app, free_port
 from tests.plugins.calls import rpc_call
 from tests.plugins.nodes import wait_until
 
@@ -47,12 +46,7 @@ def check_the_demos_functions(port: int) -> None:
 
 
 def test_the_demo_runs_on_the_embedded_postgres(tmp_path, start_node):
-    root = tmp_path / "demo"
-    root.mkdir()
-    for name in ("forge.toml", "app.py"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "migrations", root / "migrations")
-    shutil.copytree(REPO / "frontend" / "build", root / "frontend" / "build")  # its static_dir
+    root = copy_demo_app(tmp_path / "demo")
     port = free_port()
     node = start_node(AppDir(root, port), None, PORT=str(port))
     node.wait_ready(timeout=120)

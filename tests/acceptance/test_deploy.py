@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from forge_node import config as config_module
-from tests.plugins.apps import AppDir, free_port
+from tests.plugins.apps import AppDir, copy_demo_app, free_port
 from tests.plugins.nodes import FORGE_NODE, NodeProcess, forge_cli, node_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,13 +128,7 @@ def test_fly_toml_matches_what_forge_node_serves():
 
 
 def demo_app(tmp_path: Path) -> Path:
-    root = tmp_path / "app"
-    root.mkdir()
-    for name in ("forge.toml", "app.py"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "migrations", root / "migrations")
-    shutil.copytree(REPO / "frontend" / "build", root / "frontend" / "build")  # as the image has
-    return root
+    return copy_demo_app(tmp_path / "app")
 
 
 @pytest.mark.parametrize("group", ["web", "worker", "scheduler"])

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from forge_node import config as config_module
-from tests.plugins.apps import AppDir, free_port
+from tests.plugins.apps import AppDir, copy_demo_app, free_port
 from tests.plugins.nodes import FORGE_NODE, NodeProcess, forge_cli, node_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -269,14 +269,7 @@ def test_the_migration_job_migrates_the_database(tmp_path, database_url):
 
 
 def demo_app(tmp_path: Path) -> Path:
-    """The image's /app: forge.toml, app.py, migrations/ and the built frontend."""
-    root = tmp_path / "app"
-    root.mkdir()
-    for name in ("forge.toml", "app.py"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "migrations", root / "migrations")
-    shutil.copytree(REPO / "frontend" / "build", root / "frontend" / "build")
-    return root
+    return copy_demo_app(tmp_path / "app")
 
 
 def read_only_root_available() -> bool:

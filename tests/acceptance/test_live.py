@@ -9,13 +9,12 @@ import math
 import os
 import signal
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from tests.plugins.calls import post_json
 from tests.plugins.gateway import SECRET, bearer, hs256_token
 from tests.plugins.nodes import wait_until
 from tests.plugins.sse import SseStream
@@ -77,15 +76,7 @@ MIGRATIONS = {"0001_notes.sql": "CREATE TABLE notes (id bigserial PRIMARY KEY, b
 
 
 def post(port: int, path: str, body: dict, headers: dict | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
-                                     data=json.dumps(body).encode(), method="POST",
-                                     headers={"content-type": "application/json",
-                                              **(headers or {})})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            return resp.status, json.load(resp)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
+    return post_json(port, path, body, headers, timeout=30)
 
 
 def call(port: int, name: str, args: dict) -> object:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import textwrap
 from collections.abc import Callable
@@ -92,3 +93,17 @@ def make_app(tmp_path: Path) -> Callable[..., AppDir]:
         return build_app(tmp_path / f"app{count}", module, migrations, **sections)
 
     return make
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def copy_demo_app(root: Path) -> Path:
+    """The repository's demo app as its image holds it (forge.toml, app.py, migrations/ and
+    the built frontend its static_dir names), in a new folder `root`."""
+    root.mkdir()
+    for name in ("forge.toml", "app.py"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "migrations", root / "migrations")
+    shutil.copytree(REPO / "frontend" / "build", root / "frontend" / "build")
+    return root

@@ -144,19 +144,14 @@ class FunctionRunner:
         be reached is 503. (One frame for all of it: this runs on every call.)"""
         outcome = "error"
         try:
+            run = self._run_async if spec.is_async else self._run_in_thread
             try:
-                if spec.is_async:
-                    result = await self._run_async(spec, args, auth, request_id)
-                else:
-                    result = await self._run_in_thread(spec, args, auth, request_id)
+                result = await run(spec, args, auth, request_id)
             except db.DiedBeforeAStatement as exc:  # nothing ran: run it again, once
                 log.info("function %s lost its connection before its first statement: %s; "
                          "running it again on another", spec.name, db.first_line(exc),
                          extra={"event": "fn.retried", "request_id": request_id})
-                if spec.is_async:
-                    result = await self._run_async(spec, args, auth, request_id)
-                else:
-                    result = await self._run_in_thread(spec, args, auth, request_id)
+                result = await run(spec, args, auth, request_id)
             outcome = "ok"
             return result
         except ApiError as exc:
